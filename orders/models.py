@@ -1,0 +1,291 @@
+"""The shop's data: products and stock, orders, and the ledgers the saga writes.
+
+Every row that moves money or stock carries an idempotency key derived from the
+workflow id and the step, unique in the database, so that a retried or replayed
+activity can never charge, refund or move stock twice.
+"""
+
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from .saga.shared import EVENT_KIND_LABELS, EventKind
+from .status import OrderStatus, SagaStatus, Step
+
+
+def new_public_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Product(models.Model):
+    """Stock is split three ways; on_hand + reserved + sold == received always holds."""
+
+    sku = models.CharField(max_length=40, unique=True)
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    active = models.BooleanField(default=True)
+    on_hand = models.PositiveIntegerField(default=0)
+    reserved = models.PositiveIntegerField(default=0)
+    sold = models.PositiveIntegerField(default=0)
+    # Everything ever put on the shelf: the sum the three counters must add up to.
+    received = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(received=F("on_hand") + F("reserved") + F("sold")),
+                name="product_stock_conserved",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.sku})"
+
+
+class Order(models.Model):
+    number = models.CharField(max_length=20, unique=True, blank=True)
+    customer_name = models.CharField(max_length=200)
+    customer_email = models.EmailField(db_index=True)
+    currency = models.CharField(max_length=3, default="EUR")
+    total = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.PLACED)
+    saga_status = models.CharField(max_length=20, choices=SagaStatus.choices, default=SagaStatus.PENDING)
+    current_step = models.CharField(max_length=20, choices=Step.choices, blank=True)
+    # Why the saga is stuck or failed, in words staff can act on.
+    last_error = models.TextField(blank=True)
+    stuck_since = models.DateTimeField(null=True, blank=True)
+    workflow_id = models.CharField(max_length=100, unique=True, null=True, blank=True)
+    public_token = models.CharField(max_length=64, unique=True, default=new_public_token, editable=False)
+    # Sandbox fault injection chosen at creation (see orders.faults); empty in production.
+    fault_plan = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="order_status_created"),
+            models.Index(fields=["saga_status", "-created_at"], name="order_saga_status_created"),
+            models.Index(fields=["customer_email", "-created_at"], name="order_email_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or f"order {self.pk}"
+
+
+class OrderLine(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="+")
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=10, decimal_places=2)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="orderline_quantity_positive"),
+            models.UniqueConstraint(fields=["order", "product"], name="orderline_one_per_product"),
+        ]
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+class StockMovement(models.Model):
+    """One row per stock move the saga made; the key makes each move happen once."""
+
+    class Kind(models.TextChoices):
+        RESERVE = "reserve", "reserved"
+        RELEASE = "release", "released"
+        CONFIRM = "confirm", "sold"
+        RESTOCK = "restock", "restocked"
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="stock_movements")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="movements")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    quantity = models.PositiveIntegerField()
+    idempotency_key = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["idempotency_key", "product"], name="stockmovement_once_per_key"),
+        ]
+
+
+class Reservation(models.Model):
+    """What an order holds of a product, and where that stock went afterwards."""
+
+    class State(models.TextChoices):
+        HELD = "held"
+        RELEASED = "released"
+        CONFIRMED = "confirmed"
+        RESTOCKED = "restocked"
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="reservations")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="+")
+    quantity = models.PositiveIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.HELD)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["order", "product"], name="reservation_one_per_product"),
+        ]
+
+
+class Payment(models.Model):
+    """The money ledger: charges and refunds, each once per idempotency key."""
+
+    class Kind(models.TextChoices):
+        CHARGE = "charge"
+        REFUND = "refund"
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="payments")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    idempotency_key = models.CharField(max_length=150, unique=True)
+    gateway_reference = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
+        ]
+
+
+class Shipment(models.Model):
+    class State(models.TextChoices):
+        BOOKING = "booking"
+        BOOKED = "booked"
+        CANCELLED = "cancelled"
+        DELIVERED = "delivered"
+
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="shipment")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.BOOKING)
+    carrier_reference = models.CharField(max_length=100, blank=True)
+    parcels_total = models.PositiveIntegerField(default=0)
+    parcels_booked = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=150, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+
+class NotificationAttempt(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="notifications")
+    succeeded = models.BooleanField()
+    error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class FollowUp(models.Model):
+    """A customer we could not notify: staff reach them another way or resend."""
+
+    class State(models.TextChoices):
+        OPEN = "open"
+        RESOLVED = "resolved"
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="followups")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    reason = models.TextField()
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    notes = models.TextField(blank=True)
+    resolution = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # At most one open follow-up per order, so a replayed step cannot open two.
+            models.UniqueConstraint(fields=["order"], condition=Q(state="open"), name="followup_one_open_per_order"),
+        ]
+
+
+class SagaEvent(models.Model):
+    """Append-only log of what the saga did; the timeline pages read only this."""
+
+    Kind = models.TextChoices(
+        "Kind", [(k.name, (k.value, EVENT_KIND_LABELS.get(k, k.value))) for k in EventKind]
+    )
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    step = models.CharField(max_length=20, choices=Step.choices, blank=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    detail = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["order", "id"], name="sagaevent_order_id")]
+
+    def __str__(self) -> str:
+        return f"{self.order_id} {self.step} {self.kind}"
+
+
+# --- the sandbox's own records: what an external payment gateway or carrier would hold ---
+
+
+class SandboxGatewayCall(models.Model):
+    """Calls made to a sandbox service per idempotency key, for 'fail N times' faults."""
+
+    service = models.CharField(max_length=20)
+    idempotency_key = models.CharField(max_length=150)
+    calls = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["service", "idempotency_key"], name="sandboxcall_unique"),
+        ]
+
+
+class SandboxOutage(models.Model):
+    """A switched-on outage of a sandbox service: calls fail until it is cleared."""
+
+    service = models.CharField(max_length=20, unique=True)
+    active = models.BooleanField(default=True)
+
+
+class SandboxPaymentRecord(models.Model):
+    """The sandbox gateway's own books; like a real gateway it dedupes by idempotency key."""
+
+    idempotency_key = models.CharField(max_length=150, unique=True)
+    kind = models.CharField(max_length=10)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    reference = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class SandboxParcel(models.Model):
+    """One label the sandbox carrier printed; booked once per (shipment key, parcel)."""
+
+    shipment_key = models.CharField(max_length=150)
+    parcel_number = models.PositiveIntegerField()
+    cancelled = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["shipment_key", "parcel_number"], name="sandboxparcel_once"),
+        ]

@@ -1,0 +1,167 @@
+"""The saga's activities: each loads by id and calls one service.
+
+Activities are synchronous (the ORM is) and run in the worker's thread pool; stale
+database connections are closed around each, as a request would.
+Each step records 'started' (or 'retrying') before it acts and 'failed' when it raises;
+the service records 'succeeded' in the same transaction as its effect.
+"""
+
+from collections.abc import Callable
+
+from django.db import close_old_connections
+from temporalio import activity
+
+from ..services import inventory, notifications, ordering, payments, shipping
+from ..services.saga import saga_step_failed, saga_step_started, saga_transition_record
+from .shared import (
+    DeliveryCheck,
+    DeliveryStatus,
+    SagaTransition,
+    StepInput,
+    StepResult,
+)
+
+
+def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool = False, started_detail: str = "") -> StepResult:
+    attempt = activity.info().attempt
+    close_old_connections()
+    try:
+        saga_step_started(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
+                          compensation=compensation, detail=started_detail)
+        return StepResult(detail=body(attempt))
+    except Exception as exc:
+        saga_step_failed(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
+                         error=f"{'Compensation failed: ' if compensation else ''}{exc}")
+        raise
+    finally:
+        close_old_connections()
+
+
+@activity.defn(name="validate_order")
+def validate_order(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: ordering.order_validate(order_id=inp.order_id, attempt=attempt))
+
+
+@activity.defn(name="reserve_inventory")
+def reserve_inventory(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: inventory.inventory_reserve(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt))
+
+
+@activity.defn(name="release_reservation")
+def release_reservation(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: inventory.reservation_release(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), compensation=True)
+
+
+@activity.defn(name="charge_payment")
+def charge_payment(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: payments.payment_charge(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt))
+
+
+@activity.defn(name="refund_payment")
+def refund_payment(inp: StepInput) -> StepResult:
+    charge_key = inp.idempotency_key.removesuffix(":compensate")
+    return _recorded(inp, lambda attempt: payments.payment_refund(
+        order_id=inp.order_id, charge_key=charge_key, idempotency_key=inp.idempotency_key, attempt=attempt),
+        compensation=True)
+
+
+@activity.defn(name="confirm_inventory")
+def confirm_inventory(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: inventory.inventory_confirm(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt))
+
+
+@activity.defn(name="restock_inventory")
+def restock_inventory(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: inventory.inventory_restock(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), compensation=True)
+
+
+@activity.defn(name="arrange_shipping")
+def arrange_shipping(inp: StepInput) -> StepResult:
+    # The last heartbeat of a failed attempt says how many parcels are already booked.
+    details = activity.info().heartbeat_details
+    resume_after = int(details[0]) if details else 0
+    started = f"resuming after parcel {resume_after}" if resume_after else ""
+    return _recorded(inp, lambda attempt: shipping.shipment_arrange(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt,
+        resume_after=resume_after, on_parcel_booked=activity.heartbeat), started_detail=started)
+
+
+@activity.defn(name="cancel_shipment")
+def cancel_shipment(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: shipping.shipment_cancel(order_id=inp.order_id, attempt=attempt),
+                     compensation=True)
+
+
+@activity.defn(name="notify_customer")
+def notify_customer(inp: StepInput) -> StepResult:
+    return _recorded(inp, lambda attempt: notifications.customer_notify(order_id=inp.order_id, attempt=attempt))
+
+
+# --- bookkeeping (local activities) -------------------------------------------------
+
+
+@activity.defn(name="record_transition")
+def record_transition(transition: SagaTransition) -> None:
+    from ops.services import operator_action_outcome_record  # ops builds on orders
+
+    close_old_connections()
+    try:
+        saga_transition_record(transition)
+        if transition.action_id is not None:
+            operator_action_outcome_record(
+                action_id=transition.action_id, outcome=transition.action_outcome, detail=transition.detail
+            )
+    finally:
+        close_old_connections()
+
+
+@activity.defn(name="open_followup")
+def open_followup(transition: SagaTransition) -> None:
+    close_old_connections()
+    try:
+        notifications.followup_open(order_id=transition.order_id, reason=transition.detail)
+    finally:
+        close_old_connections()
+
+
+@activity.defn(name="close_followup")
+def close_followup(transition: SagaTransition) -> None:
+    close_old_connections()
+    try:
+        notifications.followup_close(order_id=transition.order_id, resolution=transition.detail)
+    finally:
+        close_old_connections()
+
+
+# --- delivery tracking ------------------------------------------------------------------
+
+
+@activity.defn(name="check_delivery")
+def check_delivery(check: DeliveryCheck) -> DeliveryStatus:
+    close_old_connections()
+    try:
+        return DeliveryStatus(delivered=shipping.shipment_is_delivered(order_id=check.order_id))
+    finally:
+        close_old_connections()
+
+
+@activity.defn(name="mark_delivered")
+def mark_delivered(check: DeliveryCheck) -> None:
+    close_old_connections()
+    try:
+        shipping.shipment_mark_delivered(order_id=check.order_id, source=check.source)
+    finally:
+        close_old_connections()
+
+
+ORDERS_QUEUE_ACTIVITIES = [
+    validate_order, reserve_inventory, release_reservation, confirm_inventory, restock_inventory,
+    arrange_shipping, cancel_shipment, notify_customer, record_transition, open_followup, close_followup,
+    check_delivery, mark_delivered,
+]
+PAYMENTS_QUEUE_ACTIVITIES = [charge_payment, refund_payment]

@@ -1,0 +1,153 @@
+"""What the workflow, its activities and the app exchange. No Django imports here:
+this module is loaded inside the workflow sandbox.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class StepName(str, Enum):
+    VALIDATE = "validate"
+    RESERVE = "reserve"
+    CHARGE = "charge"
+    CONFIRM = "confirm"
+    SHIP = "ship"
+    NOTIFY = "notify"
+
+
+STEP_LABELS = {
+    StepName.VALIDATE: "Validate order",
+    StepName.RESERVE: "Reserve inventory",
+    StepName.CHARGE: "Charge payment",
+    StepName.CONFIRM: "Confirm inventory",
+    StepName.SHIP: "Arrange shipping",
+    StepName.NOTIFY: "Notify customer",
+}
+
+# Steps a staff cancellation may still undo: once shipping is arranged it is too late.
+CANCELLABLE_STEPS = (StepName.VALIDATE, StepName.RESERVE, StepName.CHARGE, StepName.CONFIRM)
+
+
+class SagaState(str, Enum):
+    """What the saga is doing; the order's saga_status column takes these values."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STUCK = "stuck"
+    NEEDS_FOLLOWUP = "needs_followup"
+    COMPENSATING = "compensating"
+    # terminal:
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_SAGA_STATES = (SagaState.COMPLETED, SagaState.COMPENSATED, SagaState.REJECTED, SagaState.CANCELLED)
+
+
+class EventKind(str, Enum):
+    """Kinds of saga event rows (orders.models.SagaEvent.kind)."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    STUCK = "stuck"
+    SIGNAL = "signal"
+    IGNORED = "ignored"
+    FOLLOWUP = "followup"
+    FINISHED = "finished"
+
+
+EVENT_KIND_LABELS = {
+    EventKind.SIGNAL: "signal received",
+    EventKind.IGNORED: "command ignored",
+    EventKind.FOLLOWUP: "follow-up opened",
+    EventKind.FINISHED: "saga finished",
+}
+
+
+class OperatorCommandName(str, Enum):
+    RETRY = "retry"
+    COMPENSATE = "compensate"
+    CANCEL = "cancel"
+    RESEND = "resend"
+    RESOLVED = "resolved"
+
+
+@dataclass
+class RetrySettings:
+    """Carried in the workflow input so a history always replays with the policy it ran with."""
+
+    initial_interval_seconds: float = 1.0
+    stuck_auto_compensate_seconds: float | None = None
+
+
+@dataclass
+class SagaInput:
+    order_id: int
+    payments_task_queue: str
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    delivery_check_interval_seconds: float = 6 * 3600
+    delivery_checks_per_run: int = 20
+
+
+@dataclass
+class StepInput:
+    order_id: int
+    step: StepName
+    idempotency_key: str
+
+
+@dataclass
+class StepResult:
+    detail: str = ""
+
+
+@dataclass
+class SagaTransition:
+    """A workflow-level fact for the read model: stuck, compensating, finished, a signal."""
+
+    order_id: int
+    kind: str  # an EventKind value, or "" to change the saga status without an event
+    step: str = ""
+    detail: str = ""
+    saga_status: str = ""  # a SagaState value; terminal ones also settle the order's status
+    action_id: int | None = None
+    action_outcome: str = ""
+
+
+@dataclass
+class OperatorCommand:
+    """A signal's payload: the audit row's id makes it act at most once."""
+
+    action_id: int
+    reason: str = ""
+
+
+@dataclass
+class DeliveryInput:
+    order_id: int
+    check_interval_seconds: float
+    checks_per_run: int
+    checks_done: int = 0
+
+
+@dataclass
+class DeliveryCheck:
+    order_id: int
+    source: str = "carrier"
+
+
+@dataclass
+class DeliveryStatus:
+    delivered: bool
+
+
+@dataclass
+class DeliveredSignal:
+    source: str = "carrier"
+    action_id: int | None = None

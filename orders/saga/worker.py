@@ -1,0 +1,65 @@
+"""Building the Temporal workers: one for the saga's task queue, one for payments."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from django.conf import settings
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
+from .workflows import DeliveryTrackingWorkflow, OrderSagaWorkflow
+
+# On SIGTERM, running activities get this long to finish before they are cancelled.
+GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+
+WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow]
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    # The dataclasses and enums the workflow exchanges come from the real modules, so
+    # values crossing the sandbox boundary are the same classes on both sides.
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules("orders.saga.shared", "orders.errors")
+    )
+
+
+def build_workers(
+    client: Client,
+    *,
+    orders_queue: str | None = None,
+    payments_queue: str | None = None,
+    queues: tuple[str, ...] = ("orders", "payments"),
+    executor: ThreadPoolExecutor | None = None,
+) -> list[Worker]:
+    """Workers for the queues asked for ('orders' runs workflows and the activities that
+    touch only our database or the carrier; 'payments' runs charges and refunds)."""
+    executor = executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity")
+    workers = []
+    if "orders" in queues:
+        workers.append(
+            Worker(
+                client,
+                task_queue=orders_queue or settings.SAGA_TASK_QUEUE,
+                workflows=WORKFLOWS,
+                activities=ORDERS_QUEUE_ACTIVITIES,
+                activity_executor=executor,
+                workflow_runner=workflow_runner(),
+                max_concurrent_activities=24,
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            )
+        )
+    if "payments" in queues:
+        workers.append(
+            Worker(
+                client,
+                task_queue=payments_queue or settings.PAYMENTS_TASK_QUEUE,
+                activities=PAYMENTS_QUEUE_ACTIVITIES,
+                activity_executor=executor,
+                # The gateway is rate limited: this bounds charges in flight per worker.
+                max_concurrent_activities=settings.PAYMENTS_MAX_CONCURRENCY,
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            )
+        )
+    return workers

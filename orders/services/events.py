@@ -1,0 +1,77 @@
+"""The saga's read model: events and the order's saga fields, written with their effect.
+
+Call these inside the transaction that makes the business change, so the event exists
+if and only if the change does. Broadcasts go out after commit.
+"""
+
+from django.utils import timezone
+
+from ..broadcast import OPS_GROUP, order_group, publish_on_commit
+from ..models import Order, SagaEvent
+from ..status import TERMINAL_SAGA_STATUSES, SagaStatus, check_transition
+
+
+def _order_snapshot(order: Order) -> dict:
+    return {
+        "order_id": order.pk,
+        "number": order.number,
+        "status": order.status,
+        "saga_status": order.saga_status,
+        "current_step": order.current_step,
+        "last_error": order.last_error,
+    }
+
+
+def saga_event_record(order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1) -> SagaEvent:
+    """Append an event to the order's log and broadcast it (with the order's state) after commit."""
+    event = SagaEvent.objects.create(order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt)
+    publish_on_commit(
+        [order_group(order.pk), OPS_GROUP],
+        {
+            "type": "saga.event",
+            "event": {
+                "id": event.pk,
+                "step": event.step,
+                "kind": event.kind,
+                "detail": event.detail,
+                "attempt": event.attempt,
+                "created_at": event.created_at.isoformat(),
+            },
+            "order": _order_snapshot(order),
+        },
+    )
+    return event
+
+
+def order_saga_state_set(
+    order: Order,
+    *,
+    status: str | None = None,
+    saga_status: str | None = None,
+    current_step: str | None = None,
+    last_error: str | None = None,
+) -> None:
+    """Move the order (status checked against the allowed transitions) and save what changed.
+
+    The caller holds the order's row lock (orders.locks.lock_order).
+    """
+    fields = []
+    if status is not None and status != order.status:
+        check_transition(order.status, status)
+        order.status = status
+        fields.append("status")
+    if saga_status is not None and saga_status != order.saga_status:
+        if order.saga_status in TERMINAL_SAGA_STATUSES:
+            # A finished saga never comes back to life; a late or replayed write is dropped.
+            saga_status = order.saga_status
+        order.saga_status = saga_status
+        order.stuck_since = timezone.now() if saga_status == SagaStatus.STUCK else None
+        fields += ["saga_status", "stuck_since"]
+    if current_step is not None and current_step != order.current_step:
+        order.current_step = current_step
+        fields.append("current_step")
+    if last_error is not None and last_error != order.last_error:
+        order.last_error = last_error[:2000]
+        fields.append("last_error")
+    if fields:
+        order.save(update_fields=[*fields, "updated_at"])

@@ -1,0 +1,110 @@
+"""Starting sagas and recording what they do: the writes behind the saga's activities."""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+
+from ..locks import lock_order
+from ..models import Order, SagaEvent
+from ..saga import search_attributes as sa
+from ..saga.shared import RetrySettings, SagaInput, SagaTransition, StepName
+from ..status import ORDER_STATUS_AFTER_SAGA, SagaStatus
+from ..temporal_client import run_with_client
+from .events import order_saga_state_set, saga_event_record
+
+logger = logging.getLogger(__name__)
+
+SAGA_WORKFLOW = "OrderSaga"
+
+
+def saga_input_for(order: Order) -> SagaInput:
+    return SagaInput(
+        order_id=order.pk,
+        payments_task_queue=settings.PAYMENTS_TASK_QUEUE,
+        retry=RetrySettings(
+            initial_interval_seconds=settings.SAGA_RETRY_INITIAL_SECONDS,
+            stuck_auto_compensate_seconds=settings.SAGA_STUCK_AUTO_COMPENSATE_SECONDS,
+        ),
+        delivery_check_interval_seconds=settings.DELIVERY_CHECK_INTERVAL_SECONDS,
+        delivery_checks_per_run=settings.DELIVERY_CHECKS_PER_RUN,
+    )
+
+
+def saga_start(*, order_id: int) -> bool:
+    """Start the order's workflow. Safe to call again: an existing run is kept.
+
+    If Temporal cannot be reached the order stays 'pending' with the reason recorded,
+    and starting it again later (the stalled-saga sweeper does) picks it up.
+    """
+    order = Order.objects.get(pk=order_id)
+    attributes = TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.ORDER_ID, order.pk),
+            SearchAttributePair(sa.CUSTOMER_ID, order.customer_email),
+            SearchAttributePair(sa.ORDER_AMOUNT, float(order.total)),
+            SearchAttributePair(sa.SAGA_STATUS, SagaStatus.RUNNING.value),
+            SearchAttributePair(sa.CURRENT_STEP, StepName.VALIDATE.value),
+        ]
+    )
+
+    async def start(client):
+        await client.start_workflow(
+            SAGA_WORKFLOW,
+            saga_input_for(order),
+            id=order.workflow_id,
+            task_queue=settings.SAGA_TASK_QUEUE,
+            search_attributes=attributes,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+
+    try:
+        run_with_client(start, timeout=15)
+        return True
+    except Exception as exc:
+        logger.exception("could not start the saga of order %s", order_id)
+        with transaction.atomic():
+            order = lock_order(order_id)
+            message = f"Could not start the saga (will be retried): {exc}"
+            order_saga_state_set(order, last_error=message)
+            saga_event_record(order, kind=SagaEvent.Kind.FAILED, detail=message)
+        return False
+
+
+def saga_step_started(*, order_id: int, step: str, attempt: int, compensation: bool, detail: str = "") -> None:
+    """Mark a step (or its compensation) as under way: the page shows it running."""
+    with transaction.atomic():
+        order = lock_order(order_id)
+        if compensation:
+            kind = SagaEvent.Kind.COMPENSATING
+        else:
+            kind = SagaEvent.Kind.RETRYING if attempt > 1 else SagaEvent.Kind.STARTED
+            order_saga_state_set(
+                order, current_step=step,
+                saga_status=SagaStatus.RUNNING if order.saga_status == SagaStatus.PENDING else None,
+            )
+        saga_event_record(order, kind=kind, step=step, detail=detail, attempt=attempt)
+
+
+def saga_step_failed(*, order_id: int, step: str, attempt: int, error: str) -> None:
+    """Record a failed attempt; its business effect was rolled back with its transaction."""
+    with transaction.atomic():
+        order = lock_order(order_id)
+        order_saga_state_set(order, last_error=error)
+        saga_event_record(order, kind=SagaEvent.Kind.FAILED, step=step, detail=error, attempt=attempt)
+
+
+def saga_transition_record(transition: SagaTransition) -> None:
+    """A workflow-level change (stuck, compensating, finished, a signal) in the read model."""
+    with transaction.atomic():
+        order = lock_order(transition.order_id)
+        order_saga_state_set(
+            order,
+            status=ORDER_STATUS_AFTER_SAGA.get(transition.saga_status),
+            saga_status=transition.saga_status or None,
+            current_step=transition.step if transition.kind == SagaEvent.Kind.STUCK else None,
+            last_error=transition.detail if transition.kind == SagaEvent.Kind.STUCK else None,
+        )
+        if transition.kind:
+            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail)

@@ -1,0 +1,27 @@
+"""The app's Temporal client, shared by every sync caller through the async bridge."""
+
+from django.conf import settings
+from temporalio.client import Client
+
+from . import async_bridge
+
+_clients: dict[tuple[str, str], Client] = {}
+
+
+async def get_client() -> Client:
+    """A connected client for the configured address (connections are made once per address)."""
+    key = (settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE)
+    client = _clients.get(key)
+    if client is None:
+        client = await Client.connect(key[0], namespace=key[1])
+        _clients[key] = client
+    return client
+
+
+def run_with_client(action, timeout: float = 30):
+    """Run `action(client)` (a coroutine function) on the bridge loop and return its result."""
+
+    async def call():
+        return await action(await get_client())
+
+    return async_bridge.run(call, timeout)

@@ -1,0 +1,180 @@
+"""Settings for every process (web, Temporal worker, Celery), read from the environment.
+
+Defaults run on a laptop with nothing installed but Python: SQLite in var/, an embedded
+Redis started by the run command, and a Temporal dev server on localhost:7233.
+"""
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("ORDERSITE_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-change-me")
+DEBUG = env_bool("DEBUG", True)
+ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "orders",
+    "ops",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "ordersite.urls"
+ASGI_APPLICATION = "ordersite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=0,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Activities write from several threads: IMMEDIATE transactions serialise writers
+    # (so stock checks cannot race) and WAL lets the pages read meanwhile.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not :memory:, so that activity threads see the test's rows.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+
+# --- redis: channel layer and celery broker --------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# The pub/sub layer: group_send is one PUBLISH, with no per-channel queues to poll; the
+# core layer fell over under hundreds of sockets in a trial here (see DESIGN.md).
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- temporal ---------------------------------------------------------------------------
+TEMPORAL_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
+TEMPORAL_NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
+TEMPORAL_UI_URL = os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233")
+SAGA_TASK_QUEUE = os.environ.get("SAGA_TASK_QUEUE", "orders")
+PAYMENTS_TASK_QUEUE = os.environ.get("PAYMENTS_TASK_QUEUE", "payments")
+# The payment gateway is rate limited: at most this many charges/refunds at once per worker.
+PAYMENTS_MAX_CONCURRENCY = int(os.environ.get("PAYMENTS_MAX_CONCURRENCY", "8"))
+# Initial retry interval of every step; tests shorten it to keep stuck sagas quick.
+SAGA_RETRY_INITIAL_SECONDS = env_float("SAGA_RETRY_INITIAL_SECONDS", 1.0)
+# If set, a stuck saga with no operator decision after this many seconds compensates itself.
+SAGA_STUCK_AUTO_COMPENSATE_SECONDS = env_float("SAGA_STUCK_AUTO_COMPENSATE_SECONDS", 0) or None
+# Delivery tracker: how often it asks the carrier, and after how many checks it continues-as-new.
+DELIVERY_CHECK_INTERVAL_SECONDS = env_float("DELIVERY_CHECK_INTERVAL_SECONDS", 6 * 3600)
+DELIVERY_CHECKS_PER_RUN = int(os.environ.get("DELIVERY_CHECKS_PER_RUN", "20"))
+
+# --- the shop -------------------------------------------------------------------------
+SHOP_CURRENCY = os.environ.get("SHOP_CURRENCY", "EUR")
+MAX_ORDER_TOTAL = Decimal(os.environ.get("MAX_ORDER_TOTAL", "10000.00"))
+MAX_LINE_QUANTITY = int(os.environ.get("MAX_LINE_QUANTITY", "100"))
+PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://localhost:8000")
+
+# External systems, as dotted paths so production can swap the sandbox for a real one.
+PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "orders.adapters.sandbox.SandboxPaymentGateway")
+SHIPPING_CARRIER = os.environ.get("SHIPPING_CARRIER", "orders.adapters.sandbox.SandboxCarrier")
+CUSTOMER_NOTIFIER = os.environ.get("CUSTOMER_NOTIFIER", "orders.adapters.email.EmailNotifier")
+# Fault injection in the sandbox adapters (per-order fault plans and SANDBOX_* variables).
+SANDBOX_FAULTS_ENABLED = env_bool("SANDBOX_FAULTS_ENABLED", DEBUG)
+
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "sent_emails"))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "shop@example.com")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"temporalio": {"level": "WARNING"}},
+}

@@ -1,0 +1,110 @@
+"""Fixtures for the real services: a Temporal dev server, the database, Redis.
+
+The dev server is started once per session on a free port; each saga test runs its own
+workers on fresh task queues, so no test can pick up another's work.
+"""
+
+import asyncio
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from orders.models import Order
+from orders.saga.worker import build_workers
+
+from .invariants import assert_invariants
+from .temporal_server import DevServer
+
+
+@pytest.fixture(scope="session")
+def temporal_server():
+    server = DevServer().start()
+    # The app's own client (orders.temporal_client) reads the address from settings.
+    settings.TEMPORAL_ADDRESS = server.address
+    os.environ["TEMPORAL_ADDRESS"] = server.address
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_quiet(settings, tmp_path):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.SANDBOX_FAULTS_ENABLED = True
+    settings.SAGA_RETRY_INITIAL_SECONDS = 0.05
+
+
+@dataclass
+class SagaEnv:
+    client: Client
+    orders_queue: str
+    payments_queue: str
+
+    async def result(self, order: Order, timeout: float = 60) -> str:
+        handle = self.client.get_workflow_handle(order.workflow_id)
+        return await asyncio.wait_for(handle.result(), timeout)
+
+    def handle(self, order: Order):
+        return self.client.get_workflow_handle(order.workflow_id)
+
+
+async def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition"):
+    """Poll a sync predicate (run in a thread, it may use the ORM) until it returns truthy."""
+    check = sync_to_async(predicate, thread_sensitive=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def order_state(order_id: int) -> Order:
+    return Order.objects.get(pk=order_id)
+
+
+@pytest.fixture
+async def saga_env(transactional_db, temporal_server, settings):
+    """Workers for both saga task queues, on queues no other test uses.
+
+    Depends on transactional_db so it is torn down (workers stopped, invariants checked)
+    before the database is flushed.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    settings.SAGA_TASK_QUEUE = f"orders-{suffix}"
+    settings.PAYMENTS_TASK_QUEUE = f"payments-{suffix}"
+    client = await Client.connect(temporal_server.address)
+    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="test-activity")
+    workers = build_workers(
+        client, orders_queue=settings.SAGA_TASK_QUEUE, payments_queue=settings.PAYMENTS_TASK_QUEUE, executor=executor
+    )
+    runs = [asyncio.create_task(w.run()) for w in workers]
+    env = SagaEnv(client, settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE)
+    try:
+        yield env
+    finally:
+        # Sagas left waiting (stuck, follow-up) would hold their ids: end them.
+        workflow_ids = await sync_to_async(
+            lambda: list(Order.objects.exclude(workflow_id=None).values_list("workflow_id", flat=True))
+        )()
+        for workflow_id in workflow_ids:
+            for wid in (workflow_id, workflow_id.replace("order-", "delivery-")):
+                try:
+                    handle = client.get_workflow_handle(wid)
+                    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                        await handle.terminate("test finished")
+                except RPCError:
+                    pass
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*runs, return_exceptions=True)
+        executor.shutdown(wait=True)
+    await sync_to_async(assert_invariants)()

@@ -1,0 +1,28 @@
+"""Test data, built through the same services the app uses."""
+
+import itertools
+from decimal import Decimal
+
+from orders.models import Product
+from orders.services.catalog import product_create
+from orders.services.ordering import LineRequest, order_create
+
+_sku = itertools.count(1)
+
+
+def make_product(*, price: str = "10.00", stock: int = 10, name: str | None = None) -> Product:
+    n = next(_sku)
+    return product_create(sku=f"SKU-{n}", name=name or f"Product {n}", price=Decimal(price), stock=stock)
+
+
+def make_order(*, products: list[tuple[Product, int]] | None = None, fault_plan: dict | None = None,
+               email: str = "ada@example.com", start_saga: bool = True):
+    if products is None:
+        products = [(make_product(), 1)]
+    return order_create(
+        customer_name="Ada Lovelace",
+        customer_email=email,
+        lines=[LineRequest(product_id=p.pk, quantity=q) for p, q in products],
+        fault_plan=fault_plan,
+        start_saga=start_saga,
+    )

