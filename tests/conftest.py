@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
 from orders.models import Order
@@ -49,7 +49,14 @@ class SagaEnv:
 
     async def result(self, order: Order, timeout: float = 60) -> str:
         handle = self.client.get_workflow_handle(order.workflow_id)
-        return await asyncio.wait_for(handle.result(), timeout)
+        try:
+            return await asyncio.wait_for(handle.result(), timeout)
+        except WorkflowFailureError as err:
+            chain, cause = [], err.cause
+            while cause is not None:
+                chain.append(f"{type(cause).__name__}: {cause}")
+                cause = getattr(cause, "cause", None)
+            raise AssertionError("saga failed: " + " <- ".join(chain)) from err
 
     def handle(self, order: Order):
         return self.client.get_workflow_handle(order.workflow_id)
@@ -108,3 +115,10 @@ async def saga_env(transactional_db, temporal_server, settings):
         await asyncio.gather(*runs, return_exceptions=True)
         executor.shutdown(wait=True)
     await sync_to_async(assert_invariants)()
+
+
+@pytest.fixture
+def operator_user(transactional_db):
+    from ops.roles import OPERATOR, staff_user_create
+
+    return staff_user_create(username=f"op-{uuid.uuid4().hex[:6]}", password="operator-pass", role=OPERATOR)

@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 from django.db import close_old_connections
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from ..errors import NON_RETRYABLE_ERRORS, OrderError
 
 from ..services import inventory, notifications, ordering, payments, shipping
 from ..services.saga import saga_step_failed, saga_step_started, saga_transition_record
@@ -32,6 +35,13 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
     except Exception as exc:
         saga_step_failed(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
                          error=f"{'Compensation failed: ' if compensation else ''}{exc}")
+        if isinstance(exc, OrderError):
+            # An outcome the saga expects (a decline, an outage): recorded above, so the
+            # worker logs it quietly. Anything else is a bug and keeps its traceback.
+            raise ApplicationError(
+                str(exc), type=type(exc).__name__, non_retryable=type(exc).__name__ in NON_RETRYABLE_ERRORS,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from exc
         raise
     finally:
         close_old_connections()

@@ -9,7 +9,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from ..errors import NON_RETRYABLE_ERRORS
@@ -71,15 +71,24 @@ class StepFailed(Exception):
         self.effect_uncertain = effect_uncertain
 
 
-def _failure_message(err: ActivityError) -> str:
-    cause = err.cause
+# What a failed activity raises in workflow code: regular activities wrap the cause in an
+# ActivityError; local activities raise the ApplicationError (or TimeoutError) itself.
+STEP_ERRORS = (ActivityError, ApplicationError, TimeoutError)
+
+
+def _cause(err: Exception) -> BaseException:
+    return (err.cause or err) if isinstance(err, ActivityError) else err
+
+
+def _failure_message(err: Exception) -> str:
+    cause = _cause(err)
     if isinstance(cause, ApplicationError):
         return cause.message
-    return str(cause or err)
+    return str(cause)
 
 
-def _is_non_retryable(err: ActivityError) -> bool:
-    cause = err.cause
+def _is_non_retryable(err: Exception) -> bool:
+    cause = _cause(err)
     return isinstance(cause, ApplicationError) and (cause.non_retryable or cause.type in NON_RETRYABLE_ERRORS)
 
 
@@ -148,7 +157,7 @@ class OrderSagaWorkflow:
                 await self._execute(step)
                 self._completed.append(step)
                 return
-            except ActivityError as err:
+            except STEP_ERRORS as err:
                 message = _failure_message(err)
                 if _is_non_retryable(err):
                     outcome = SagaState.REJECTED if step == StepName.VALIDATE else SagaState.COMPENSATED
@@ -228,7 +237,7 @@ class OrderSagaWorkflow:
                     await self._followup_activity(activities.close_followup, "resent")
                 self._completed.append(StepName.NOTIFY)
                 return
-            except ActivityError as err:
+            except STEP_ERRORS as err:
                 # Notifying is after the sale: a failure never rolls back, a person follows up.
                 await self._followup_activity(
                     activities.open_followup, f"Could not notify the customer: {_failure_message(err)}"
