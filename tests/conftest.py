@@ -80,19 +80,22 @@ def order_state(order_id: int) -> Order:
 
 
 @pytest.fixture
-async def saga_env(transactional_db, temporal_server, settings):
+async def saga_env(request, transactional_db, temporal_server, settings):
     """Workers for both saga task queues, on queues no other test uses.
 
-    Depends on transactional_db so it is torn down (workers stopped, invariants checked)
-    before the database is flushed.
+    `@pytest.mark.activity_overrides(fn, ...)` swaps in activities registered under the
+    same name (to simulate a crash, say). Depends on transactional_db so it is torn down
+    (workers stopped, invariants checked) before the database is flushed.
     """
+    marker = request.node.get_closest_marker("activity_overrides")
     suffix = uuid.uuid4().hex[:8]
     settings.SAGA_TASK_QUEUE = f"orders-{suffix}"
     settings.PAYMENTS_TASK_QUEUE = f"payments-{suffix}"
     client = await Client.connect(temporal_server.address)
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="test-activity")
     workers = build_workers(
-        client, orders_queue=settings.SAGA_TASK_QUEUE, payments_queue=settings.PAYMENTS_TASK_QUEUE, executor=executor
+        client, orders_queue=settings.SAGA_TASK_QUEUE, payments_queue=settings.PAYMENTS_TASK_QUEUE, executor=executor,
+        activity_overrides=list(marker.args) if marker else (),
     )
     runs = [asyncio.create_task(w.run()) for w in workers]
     env = SagaEnv(client, settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE)

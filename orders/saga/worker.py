@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
+from temporalio.activity import _Definition
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -15,6 +16,10 @@ from .workflows import DeliveryTrackingWorkflow, OrderSagaWorkflow
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 
 WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow]
+
+
+def activity_name(fn) -> str:
+    return _Definition.must_from_callable(fn).name
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -32,10 +37,19 @@ def build_workers(
     payments_queue: str | None = None,
     queues: tuple[str, ...] = ("orders", "payments"),
     executor: ThreadPoolExecutor | None = None,
+    activity_overrides=(),
 ) -> list[Worker]:
     """Workers for the queues asked for ('orders' runs workflows and the activities that
-    touch only our database or the carrier; 'payments' runs charges and refunds)."""
+    touch only our database or the carrier; 'payments' runs charges and refunds).
+
+    `activity_overrides` replace activities of the same name (tests simulate crashes so).
+    """
     executor = executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity")
+    replacements = {activity_name(fn): fn for fn in activity_overrides}
+
+    def with_overrides(fns):
+        return [replacements.get(activity_name(fn), fn) for fn in fns]
+
     workers = []
     if "orders" in queues:
         workers.append(
@@ -43,7 +57,7 @@ def build_workers(
                 client,
                 task_queue=orders_queue or settings.SAGA_TASK_QUEUE,
                 workflows=WORKFLOWS,
-                activities=ORDERS_QUEUE_ACTIVITIES,
+                activities=with_overrides(ORDERS_QUEUE_ACTIVITIES),
                 activity_executor=executor,
                 workflow_runner=workflow_runner(),
                 max_concurrent_activities=24,
@@ -55,7 +69,7 @@ def build_workers(
             Worker(
                 client,
                 task_queue=payments_queue or settings.PAYMENTS_TASK_QUEUE,
-                activities=PAYMENTS_QUEUE_ACTIVITIES,
+                activities=with_overrides(PAYMENTS_QUEUE_ACTIVITIES),
                 activity_executor=executor,
                 # The gateway is rate limited: this bounds charges in flight per worker.
                 max_concurrent_activities=settings.PAYMENTS_MAX_CONCURRENCY,

@@ -418,16 +418,23 @@ class DeliveryTrackingWorkflow:
 
     def __init__(self) -> None:
         self._delivered: DeliveredSignal | None = None
+        self._checks_done = 0
 
     @workflow.signal
     def delivered(self, signal: DeliveredSignal) -> None:
         if self._delivered is None:
             self._delivered = signal
 
+    @workflow.query
+    def checks_done(self) -> int:
+        """Carrier checks made across all runs of this tracker."""
+        return self._checks_done
+
     @workflow.run
     async def run(self, input: DeliveryInput) -> str:
         check = DeliveryCheck(order_id=input.order_id)
         interval = timedelta(seconds=input.check_interval_seconds)
+        self._checks_done = input.checks_done
         for _ in range(input.checks_per_run):
             try:
                 await workflow.wait_condition(lambda: self._delivered is not None, timeout=interval)
@@ -435,6 +442,7 @@ class DeliveryTrackingWorkflow:
                 status = await workflow.execute_activity(
                     activities.check_delivery, check, start_to_close_timeout=timedelta(seconds=30)
                 )
+                self._checks_done += 1
                 if status.delivered:
                     self._delivered = DeliveredSignal(source="carrier")
             if self._delivered is not None:
@@ -449,6 +457,6 @@ class DeliveryTrackingWorkflow:
                 order_id=input.order_id,
                 check_interval_seconds=input.check_interval_seconds,
                 checks_per_run=input.checks_per_run,
-                checks_done=input.checks_done + input.checks_per_run,
+                checks_done=self._checks_done,
             )
         )
