@@ -1,0 +1,76 @@
+"""Workflow code stays deterministic for the histories it has already written.
+
+tests/histories/<version>/ holds histories recorded from earlier versions of the saga;
+every one must replay against the current code. A change that alters commands goes
+behind workflow.patched(...) until no running saga can still be on the old path.
+To add the current version's histories: RECORD_HISTORIES=tests/histories/v2 make test.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from orders.adapters.sandbox import sandbox_outage_set
+from orders.status import SagaStatus
+from ops.services import followup_resend, order_cancel, saga_retry
+
+from .conftest import order_state, wait_for
+from .factories import make_order
+
+from orders.saga.worker import WORKFLOWS, workflow_runner
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=WORKFLOWS, workflow_runner=workflow_runner())
+
+
+def recorded_histories() -> list[Path]:
+    return sorted(HISTORIES.glob("*/*.json"))
+
+
+@pytest.mark.parametrize("path", recorded_histories(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+async def test_recorded_history_replays(path: Path):
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    await replayer().replay_workflow(history)
+
+
+def test_histories_were_recorded_for_every_path():
+    names = {p.stem.split("-")[0] for p in recorded_histories()}
+    assert {"completed", "compensated", "stuck_retry", "followup_resend", "cancelled"} <= names
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_current_code_replays_its_own_histories(saga_env, operator_user):
+    """Runs each path now, replays its history, and records it when RECORD_HISTORIES is set."""
+    sagas = {
+        "completed": await sync_to_async(make_order)(),
+        "compensated": await sync_to_async(make_order)(fault_plan={"inventory": "fail"}),
+        "followup_resend": await sync_to_async(make_order)(fault_plan={"notify": "transient:3"}),
+        "cancelled": await sync_to_async(make_order)(fault_plan={"latency_ms": 1500}),
+    }
+    await wait_for(lambda: order_state(sagas["cancelled"].pk).current_step == "charge", message="charging")
+    await sync_to_async(order_cancel)(order_id=sagas["cancelled"].pk, actor=operator_user)
+    await wait_for(lambda: order_state(sagas["followup_resend"].pk).saga_status == SagaStatus.NEEDS_FOLLOWUP,
+                   message="follow-up")
+    await sync_to_async(followup_resend)(order_id=sagas["followup_resend"].pk, actor=operator_user)
+
+    await sync_to_async(sandbox_outage_set)("payment", active=True)
+    sagas["stuck_retry"] = stuck = await sync_to_async(make_order)()
+    await wait_for(lambda: order_state(stuck.pk).saga_status == SagaStatus.STUCK, message="stuck")
+    await sync_to_async(sandbox_outage_set)("payment", active=False)
+    await sync_to_async(saga_retry)(order_id=stuck.pk, actor=operator_user)
+
+    record_to = os.environ.get("RECORD_HISTORIES")
+    for name, order in sagas.items():
+        await saga_env.result(order)
+        history = await saga_env.handle(order).fetch_history()
+        await replayer().replay_workflow(history)
+        if record_to:
+            Path(record_to).mkdir(parents=True, exist_ok=True)
+            (Path(record_to) / f"{name}-{order.workflow_id}.json").write_text(history.to_json())
