@@ -1,2 +1,6 @@
-# Websocket routes; the staff and customer consumers are added with the dashboard.
-websocket_urlpatterns: list = []
+"""Websocket routes of every app."""
+
+from orders.routing import websocket_urlpatterns as orders_ws
+from ops.routing import websocket_urlpatterns as ops_ws
+
+websocket_urlpatterns = [*orders_ws, *ops_ws]

@@ -125,3 +125,25 @@ def operator_user(transactional_db):
     from ops.roles import OPERATOR, staff_user_create
 
     return staff_user_create(username=f"op-{uuid.uuid4().hex[:6]}", password="operator-pass", role=OPERATOR)
+
+
+@pytest.fixture
+def staff_user(db):
+    """Make a staff user in a role: staff_user("operator")."""
+    from ops.roles import staff_user_create
+
+    def make(role: str, username: str | None = None):
+        return staff_user_create(username=username or f"{role}-{uuid.uuid4().hex[:6]}", password="staff-pass-123", role=role)
+
+    return make
+
+
+@pytest.fixture
+def client_as(client, staff_user):
+    """A Django test client signed in as a new user of the role: client_as("viewer")."""
+
+    def sign_in(role: str):
+        client.force_login(staff_user(role))
+        return client
+
+    return sign_in
