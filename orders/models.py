@@ -67,10 +67,13 @@ class Order(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When the saga last recorded anything: the stalled-saga sweeper looks for old values.
+    last_event_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            models.Index(fields=["saga_status", "last_event_at"], name="order_saga_status_last_event"),
             models.Index(fields=["status", "-created_at"], name="order_status_created"),
             models.Index(fields=["saga_status", "-created_at"], name="order_saga_status_created"),
             models.Index(fields=["customer_email", "-created_at"], name="order_email_created"),

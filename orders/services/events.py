@@ -25,6 +25,8 @@ def _order_snapshot(order: Order) -> dict:
 def saga_event_record(order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1) -> SagaEvent:
     """Append an event to the order's log and broadcast it (with the order's state) after commit."""
     event = SagaEvent.objects.create(order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt)
+    Order.objects.filter(pk=order.pk).update(last_event_at=event.created_at)
+    order.last_event_at = event.created_at
     publish_on_commit(
         [order_group(order.pk), OPS_GROUP],
         {
