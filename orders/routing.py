@@ -1,3 +1,9 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from .consumers import CustomerStatusConsumer, OrderDetailConsumer, OrderListConsumer
+
+websocket_urlpatterns = [
+    path("ws/orders/", OrderListConsumer.as_asgi()),
+    path("ws/orders/<int:pk>/", OrderDetailConsumer.as_asgi()),
+    path("ws/status/<str:token>/", CustomerStatusConsumer.as_asgi()),
+]

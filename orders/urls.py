@@ -1,4 +1,16 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from .views.actions import order_action_view
+from .views.create import order_create_line_view, order_create_validate_view, order_create_view
+from .views.detail import order_detail_view
+from .views.list import order_list_view
 
 app_name = "orders"
-urlpatterns: list = []
+urlpatterns = [
+    path("", order_list_view, name="list"),
+    path("new/", order_create_view, name="create"),
+    path("new/validate/", order_create_validate_view, name="create_validate"),
+    path("new/line/", order_create_line_view, name="create_line"),
+    path("<int:pk>/", order_detail_view, name="detail"),
+    path("<int:pk>/actions/<str:action>/", order_action_view, name="action"),
+]

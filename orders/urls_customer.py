@@ -1,4 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from .views.customer import customer_status_view
 
 app_name = "customer"
-urlpatterns: list = []
+urlpatterns = [
+    path("<str:token>/", customer_status_view, name="status"),
+]

@@ -1,0 +1,241 @@
+"""Websockets of the order pages: the live list, an order's detail, the customer's page.
+
+Consumers only read. On connect (every reconnect included) they render the page's live
+parts from the database, so an event missed while a socket was down is never lost from
+view; on each saga.event they render again and send HTML that htmx swaps out of band.
+
+All sockets in a process that watch the same order get the same HTML for an event, so
+each (partial, order, event) is rendered once per process and shared (SharedRenders):
+with ten staff on one order that is one database read instead of ten.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from ops.permissions import staff_member
+
+from .broadcast import OPS_GROUP, order_group
+from .models import Order
+from .selectors import (
+    customer_order_status,
+    order_actions,
+    order_by_public_token,
+    order_detail,
+    order_row_get,
+    user_action_permissions,
+)
+
+logger = logging.getLogger(__name__)
+
+# Close codes the page can tell apart; the htmx ws extension does not reconnect on them.
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+class SharedRenders:
+    """Single-flight cache: the first socket to ask for a render starts it, the others
+    await the same task. Entries live a few seconds, per event loop."""
+
+    def __init__(self, ttl: float = 5.0, limit: int = 4096):
+        self.ttl = ttl
+        self.limit = limit
+        self._entries: dict[Hashable, tuple[asyncio.AbstractEventLoop, float, asyncio.Task]] = {}
+
+    async def get(self, key: Hashable, render: Callable, *args):
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] is not loop or now - entry[1] > self.ttl:
+            task = loop.create_task(database_sync_to_async(render)(*args))
+            task.add_done_callback(_retrieve_exception)
+            entry = self._entries[key] = (loop, now, task)
+            if len(self._entries) > self.limit:
+                self._prune(now)
+        # Shielded: a socket that closes while waiting must not cancel the others' render.
+        return await asyncio.shield(entry[2])
+
+    def _prune(self, now: float) -> None:
+        for key, (_loop, created, task) in list(self._entries.items()):
+            if task.done() and now - created > self.ttl:
+                del self._entries[key]
+
+
+def _retrieve_exception(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # awaited by the sockets; here only so asyncio does not warn
+
+
+shared_renders = SharedRenders()
+
+
+# --- rendering (sync, in the database thread) ---------------------------------------------
+
+
+def staff_permissions(user) -> frozenset[str] | None:
+    """The user's operator-action permissions if they may watch orders at all, else None."""
+    if not staff_member(user):
+        return None
+    return user_action_permissions(user)
+
+
+def render_detail_frame(order_id: int, trigger_event_id: int | None = None) -> tuple[str, Order] | None:
+    """Summary, timeline and ledger of one order, as one out-of-band frame."""
+    from .views.detail import detail_context
+
+    detail = order_detail(order_id)
+    if detail is None:
+        return None
+    context = {**detail_context(detail), "oob": True, "trigger_event_id": trigger_event_id}
+    return render_to_string("orders/partials/order_detail_live.html", context), detail.order
+
+
+def render_actions(order: Order, permissions: frozenset[str]) -> str:
+    """The operator buttons: they depend on the user, so they are rendered per permission set."""
+    context = {"actions": order_actions(order, permissions), "order": order, "oob": True}
+    return render_to_string("orders/partials/order_actions.html", context)
+
+
+def render_row(order_id: int) -> str:
+    order = order_row_get(order_id)
+    if order is None:
+        return ""
+    return render_to_string("orders/partials/order_row.html", {"order": order, "oob": True})
+
+
+def render_customer(order_id: int) -> str:
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        return ""
+    return render_to_string("orders/partials/customer_status.html",
+                            {"status": customer_order_status(order), "oob": True})
+
+
+def customer_order_id(token: str) -> int | None:
+    order = order_by_public_token(token)
+    return order.pk if order else None
+
+
+def order_exists(order_id: int) -> bool:
+    return Order.objects.filter(pk=order_id).exists()
+
+
+# --- consumers ----------------------------------------------------------------------------
+
+
+class StaffConsumer(AsyncWebsocketConsumer):
+    """Accepts staff who may view orders; anyone else gets close code 4403."""
+
+    permissions: frozenset[str] = frozenset()
+
+    async def authorize(self) -> bool:
+        permissions = await database_sync_to_async(staff_permissions)(self.scope.get("user"))
+        if permissions is None:
+            # Accept, then close with a code: a refused handshake looks like a network error
+            # to the browser, and the ws extension would keep reconnecting.
+            await self.accept()
+            await self.close(code=CLOSE_FORBIDDEN)
+            return False
+        self.permissions = permissions
+        return True
+
+    async def send_safely(self, render) -> None:
+        """Send what `render()` returns; a failed render is logged and the socket stays open."""
+        try:
+            html = await render()
+        except Exception:
+            logger.exception("could not render a live update for %s", self.scope.get("path"))
+            return
+        if html:
+            await self.send(text_data=html)
+
+
+class OrderListConsumer(StaffConsumer):
+    """ws/orders/: a row for every order a saga event touches."""
+
+    async def connect(self):
+        if not await self.authorize():
+            return
+        self.groups = [OPS_GROUP]
+        await self.channel_layer.group_add(OPS_GROUP, self.channel_name)
+        await self.accept()
+
+    async def saga_event(self, message):
+        order_id, event_id = message["order"]["order_id"], message["event"]["id"]
+        await self.send_safely(lambda: shared_renders.get(("row", order_id, event_id), render_row, order_id))
+
+
+class OrderDetailConsumer(StaffConsumer):
+    """ws/orders/<pk>/: the order's summary, timeline, ledger and this user's buttons."""
+
+    async def connect(self):
+        if not await self.authorize():
+            return
+        self.order_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        if not await database_sync_to_async(order_exists)(self.order_id):
+            await self.accept()
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        # Join first, then read: an event committed in between is in the read or arrives after.
+        self.groups = [order_group(self.order_id)]
+        await self.channel_layer.group_add(self.groups[0], self.channel_name)
+        await self.accept()
+        await self.send_safely(self._fresh_frame)
+
+    async def _fresh_frame(self) -> str:
+        def render():
+            rendered = render_detail_frame(self.order_id)
+            if rendered is None:
+                return ""
+            html, order = rendered
+            return html + render_actions(order, self.permissions)
+
+        return await database_sync_to_async(render)()
+
+    async def saga_event(self, message):
+        event_id = message["event"]["id"]
+        await self.send_safely(lambda: self._event_frame(event_id))
+
+    async def _event_frame(self, event_id: int) -> str:
+        rendered = await shared_renders.get(("detail", self.order_id, event_id), render_detail_frame,
+                                            self.order_id, event_id)
+        if rendered is None:
+            return ""
+        html, order = rendered
+        actions = await shared_renders.get(("actions", self.order_id, event_id, self.permissions),
+                                           render_actions, order, self.permissions)
+        return html + actions
+
+
+class CustomerStatusConsumer(AsyncWebsocketConsumer):
+    """ws/status/<token>/: the customer's view of their one order. No login; the token is the key."""
+
+    async def connect(self):
+        token = self.scope["url_route"]["kwargs"]["token"]
+        self.order_id = await database_sync_to_async(customer_order_id)(token)
+        if self.order_id is None:
+            await self.accept()
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.groups = [order_group(self.order_id)]
+        await self.channel_layer.group_add(self.groups[0], self.channel_name)
+        await self.accept()
+        await self._send(lambda: database_sync_to_async(render_customer)(self.order_id))
+
+    async def saga_event(self, message):
+        event_id = message["event"]["id"]
+        await self._send(lambda: shared_renders.get(("customer", self.order_id, event_id),
+                                                    render_customer, self.order_id))
+
+    async def _send(self, render) -> None:
+        try:
+            html = await render()
+        except Exception:
+            logger.exception("could not render the customer page of order %s", self.order_id)
+            return
+        if html:
+            await self.send(text_data=html)

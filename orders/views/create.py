@@ -1,0 +1,71 @@
+"""Creating an order: the form, its live validation, and extra line rows."""
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from ops.permissions import staff_required
+
+from ..forms import MAX_LINES, OrderCreateForm
+from ..selectors import products_for_sale
+from ..services.ordering import OrderRejected, order_create
+from .common import can_create_orders
+
+
+def _require_create_permission(request) -> None:
+    if not can_create_orders(request.user):
+        raise PermissionDenied("Only operators and admins can create orders.")
+
+
+def _form(request, data=None) -> OrderCreateForm:
+    return OrderCreateForm(data, products=products_for_sale(), faults_enabled=settings.SANDBOX_FAULTS_ENABLED)
+
+
+@staff_required()
+def order_create_view(request):
+    _require_create_permission(request)
+    if request.method != "POST":
+        return render(request, "orders/create.html", {"form": _form(request), "can_create": True})
+    form = _form(request, request.POST)
+    if form.is_valid():
+        try:
+            order = order_create(
+                customer_name=form.cleaned_data["customer_name"],
+                customer_email=form.cleaned_data["customer_email"],
+                lines=form.line_requests(),
+                fault_plan=form.fault_plan(),
+                created_by=request.user,
+            )
+        except OrderRejected as rejected:
+            form.add_service_errors(rejected.errors)
+        else:
+            return redirect("orders:detail", pk=order.pk)
+    return render(request, "orders/create.html", {"form": form, "can_create": True}, status=400)
+
+
+@require_POST
+@staff_required()
+def order_create_validate_view(request):
+    """Live validation: per-field error slots, swapped out of band (empty ones clear)."""
+    _require_create_permission(request)
+    form = _form(request, request.POST)
+    form.is_valid()
+    return render(request, "orders/partials/order_form_errors.html", {"form": form, "errors": form.live_errors()})
+
+
+@require_GET
+@staff_required()
+def order_create_line_view(request):
+    """One more product line row for the form (the "Add a line" button)."""
+    _require_create_permission(request)
+    try:
+        index = int(request.GET.get("index", ""))
+    except ValueError:
+        index = MAX_LINES
+    context = {"next_index": index + 1, "max_lines": MAX_LINES, "row": None}
+    if 0 <= index < MAX_LINES:
+        form = OrderCreateForm(None, products=products_for_sale(),
+                               faults_enabled=settings.SANDBOX_FAULTS_ENABLED, indices=[index])
+        context["row"] = form.line_rows()[0]
+    return render(request, "orders/partials/order_line_new.html", context)

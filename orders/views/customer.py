@@ -1,0 +1,18 @@
+"""The customer's order page, reached by the unguessable link in their email. No login."""
+
+from django.http import Http404
+from django.shortcuts import render
+
+from ..selectors import customer_order_status, order_by_public_token
+
+
+def customer_status_view(request, token: str):
+    order = order_by_public_token(token)
+    if order is None:
+        raise Http404("We can't find an order at this address.")
+    response = render(request, "orders/customer_status.html", {"status": customer_order_status(order), "token": token})
+    # The link is the key to the page: keep it out of Referer headers, caches and search engines.
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cache-Control"] = "private, no-store"
+    response["X-Robots-Tag"] = "noindex"
+    return response

@@ -1,0 +1,30 @@
+"""The order detail page: lines, ledger, the live saga timeline and the operator buttons."""
+
+from django.http import Http404
+from django.shortcuts import render
+
+from ops.permissions import staff_required
+
+from ..selectors import OrderDetail, order_actions, order_detail, user_action_permissions
+from .common import can_create_orders
+
+
+def detail_context(detail: OrderDetail) -> dict:
+    """What the summary, timeline and ledger partials need; the websocket renders them too."""
+    return {
+        "detail": detail,
+        "order": detail.order,
+        "timeline": detail.timeline,
+        "temporal_url": detail.temporal_url,
+    }
+
+
+@staff_required()
+def order_detail_view(request, pk: int):
+    detail = order_detail(pk)
+    if detail is None:
+        raise Http404("No such order.")
+    context = detail_context(detail)
+    context["actions"] = order_actions(detail.order, user_action_permissions(request.user))
+    context["can_create"] = can_create_orders(request.user)
+    return render(request, "orders/detail.html", context)
