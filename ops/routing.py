@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from .consumers import OpsDashboardConsumer
+
+websocket_urlpatterns = [
+    path("ws/ops/", OpsDashboardConsumer.as_asgi()),
+]

@@ -1,0 +1,160 @@
+"""Operations pages: the dashboard, the stuck and follow-up queues, the audit log.
+
+Views check permissions, parse input and call one selector or service. Retry, compensate,
+resend and resolve buttons post to the orders app's action endpoint (orders:action);
+bulk actions post to the background jobs app (background:bulk_create).
+"""
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from orders.models import FollowUp
+from orders.status import Step
+
+from . import selectors
+from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
+from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
+from .permissions import OPERATE_SAGAS, WORK_FOLLOWUPS, staff_required
+
+PAGE_SIZE = 50
+
+
+def _page(request: HttpRequest, queryset):
+    # get_page: a page number that is out of range or not a number shows the last/first page.
+    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+def _safe_next(request: HttpRequest, fallback: str) -> str:
+    target = request.POST.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return target
+    return fallback
+
+
+@require_GET
+@staff_required()
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "ops/home.html", {"snapshot": selectors.dashboard_snapshot()})
+
+
+@require_GET
+@staff_required()
+def stuck(request: HttpRequest) -> HttpResponse:
+    form = StuckFilterForm(request.GET or None)
+    step = form.cleaned_data["step"] if form.is_bound and form.is_valid() else ""
+    page = _page(request, selectors.stuck_orders(step=step))
+    return render(request, "ops/stuck.html", {
+        "form": form,
+        "step": step,
+        "step_label": dict(Step.choices).get(step, ""),
+        "page": page,
+        "by_step": selectors.stuck_counts_by_step(),
+        "can_operate": request.user.has_perm(OPERATE_SAGAS),
+    })
+
+
+@require_GET
+@staff_required()
+def followups(request: HttpRequest) -> HttpResponse:
+    form = FollowUpViewForm(request.GET or None)
+    view = form.selected()
+    page = _page(request, selectors.followup_queue(view=view))
+    return render(request, "ops/followups.html", {
+        "form": form,
+        "view": view,
+        "view_label": selectors.FOLLOWUP_VIEWS[view],
+        "page": page,
+        "can_work": request.user.has_perm(WORK_FOLLOWUPS),
+        "note_form": FollowUpNoteForm(),
+    })
+
+
+def _followup_row(request: HttpRequest, followup_id: int, *, error: str = "", note_form=None, status: int = 200):
+    try:
+        followup = selectors.followup_get(followup_id)
+    except FollowUp.DoesNotExist:
+        raise Http404("No such follow-up.") from None
+    return render(request, "ops/partials/followup.html", {
+        "followup": followup,
+        "can_work": request.user.has_perm(WORK_FOLLOWUPS),
+        "note_form": note_form or FollowUpNoteForm(),
+        "row_error": error,
+        "next_url": reverse("ops:followups"),
+    }, status=status)
+
+
+@require_GET
+@staff_required()
+def followup_row(request: HttpRequest, pk: int) -> HttpResponse:
+    """One queue row, for htmx to re-render after a resend or resolve was posted."""
+    return _followup_row(request, pk)
+
+
+def _followup_act(request: HttpRequest, pk: int, act, *, success: str, note_form=None) -> HttpResponse:
+    """Run one follow-up service; answer htmx with the re-rendered row, others with a redirect.
+
+    A refusal (claimed by someone else, resolved, empty note) is shown in the row for htmx,
+    which only swaps 2xx responses, and as a flash message otherwise. Nothing is written then.
+    """
+    error = ""
+    try:
+        act()
+    except FollowUp.DoesNotExist:
+        raise Http404("No such follow-up.") from None
+    except FollowUpNotAllowed as exc:
+        error = str(exc)
+    if request.htmx:
+        return _followup_row(request, pk, error=error, note_form=note_form if error else None)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, success)
+    return redirect(_safe_next(request, reverse("ops:followups")))
+
+
+@require_POST
+@staff_required(WORK_FOLLOWUPS)
+def followup_claim_view(request: HttpRequest, pk: int) -> HttpResponse:
+    return _followup_act(
+        request, pk, lambda: followup_claim(followup_id=pk, actor=request.user), success="You claimed the follow-up."
+    )
+
+
+@require_POST
+@staff_required(WORK_FOLLOWUPS)
+def followup_release_view(request: HttpRequest, pk: int) -> HttpResponse:
+    return _followup_act(
+        request, pk, lambda: followup_release(followup_id=pk, actor=request.user), success="The follow-up is back in the queue."
+    )
+
+
+@require_POST
+@staff_required(WORK_FOLLOWUPS)
+def followup_note_add_view(request: HttpRequest, pk: int) -> HttpResponse:
+    form = FollowUpNoteForm(request.POST)
+
+    def add_note():
+        # An unknown id is a 404 even when the note is empty.
+        if not FollowUp.objects.filter(pk=pk).exists():
+            raise FollowUp.DoesNotExist
+        if not form.is_valid():
+            raise FollowUpNotAllowed(" ".join(form.errors["text"]))
+        followup_note_add(followup_id=pk, actor=request.user, text=form.cleaned_data["text"])
+
+    return _followup_act(request, pk, add_note, success="Note added.", note_form=form)
+
+
+@require_GET
+@staff_required()
+def audit(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm("ops.view_operatoraction"):
+        raise PermissionDenied("You do not have permission to see the audit log.")
+    form = AuditFilterForm(request.GET or None)
+    page = _page(request, selectors.operator_actions(form.filters()))
+    return render(request, "ops/audit.html", {"form": form, "page": page})

@@ -1,0 +1,129 @@
+"""The dashboard socket ws/ops/, against the real Redis pub/sub channel layer.
+
+Other test runs may share this Redis and publish saga events to the same `ops` group, so
+these tests look for their own event in what arrives rather than counting on silence.
+"""
+
+import asyncio
+import re
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from orders.broadcast import OPS_GROUP
+from ops import consumers
+from ordersite.asgi import application
+
+from .test_ops_data import record_event, stuck_order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_cookie_for(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def connect(user=None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+    if user is not None:
+        cookie = await sync_to_async(session_cookie_for)(user)
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/ops/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    return communicator
+
+
+async def receive_until(communicator: WebsocketCommunicator, needle: str, timeout: float = 5) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no message containing {needle!r} within {timeout}s")
+        html = await communicator.receive_from(timeout=remaining)
+        if needle in html:
+            return html
+
+
+async def test_without_a_session_the_socket_is_closed_with_4403():
+    communicator = await connect()
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+    await communicator.wait()
+
+
+async def test_a_user_without_staff_permission_is_closed_with_4403():
+    from django.contrib.auth import get_user_model
+
+    user = await sync_to_async(get_user_model().objects.create_user)("shopper", password="x-123456789")
+    communicator = await connect(user)
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+
+
+async def test_viewer_gets_counts_on_connect_and_an_update_after_a_saga_event(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(stuck_order)()
+    communicator = await connect(viewer)
+    try:
+        first = await communicator.receive_from(timeout=5)
+        assert '<section id="ops-counts" aria-labelledby="ops-counts-heading" hx-swap-oob="true">' in first
+        assert '<section id="ops-activity" aria-labelledby="ops-activity-heading" hx-swap-oob="true">' in first
+        assert re.search(r'data-count="stuck">1<', first)
+        assert order.number in first
+
+        event = await sync_to_async(record_event)(order, step="charge", kind="retrying")
+        update = await receive_until(communicator, f'id="ops-event-{event.pk}"')
+        assert 'id="ops-counts"' in update and ">retrying</span>" in update
+    finally:
+        await communicator.disconnect()
+
+
+async def test_a_burst_of_events_is_answered_by_a_few_renders_shared_by_all_sockets(staff_user, monkeypatch):
+    renders = []
+    real_render = consumers.dashboard_live_html
+
+    def counting_render():
+        renders.append(time.monotonic())
+        return real_render()
+
+    monkeypatch.setattr(consumers, "dashboard_live_html", counting_render)
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(stuck_order)()
+    sockets = [await connect(viewer) for _ in range(3)]
+    try:
+        for socket in sockets:
+            await socket.receive_from(timeout=5)
+        renders.clear()
+
+        layer = get_channel_layer()
+        events = [await sync_to_async(record_event)(order, kind="started") for _ in range(20)]
+        # The group messages may also be sent straight from here, as many publishers would.
+        for _ in range(20):
+            await layer.group_send(OPS_GROUP, {"type": "saga.event", "event": {}, "order": {}})
+        for socket in sockets:
+            await receive_until(socket, f'id="ops-event-{events[-1].pk}"')
+        await asyncio.sleep(consumers.COALESCE_SECONDS * 3)
+        # 40 events to 3 sockets: without coalescing and sharing, 120 renders.
+        assert 1 <= len(renders) <= 6, renders
+    finally:
+        for socket in sockets:
+            await socket.disconnect()
+
+
+async def test_reconnecting_catches_up_with_events_missed_while_disconnected(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(stuck_order)()
+    communicator = await connect(viewer)
+    await communicator.receive_from(timeout=5)
+    await communicator.disconnect()
+    missed = await sync_to_async(record_event)(order, kind="retrying")
+    communicator = await connect(viewer)
+    try:
+        assert f'id="ops-event-{missed.pk}"' in await communicator.receive_from(timeout=5)
+    finally:
+        await communicator.disconnect()
