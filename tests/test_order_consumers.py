@@ -1,0 +1,200 @@
+"""The order sockets (ws/orders/, ws/orders/<pk>/, ws/status/<token>/) through the real ASGI
+stack (origin check, session auth) and the real Redis pub/sub channel layer.
+
+Events are recorded with the saga's own service (orders.services.events.saga_event_record)
+in a committed transaction, so they travel the way they do in production: on_commit, the
+broadcast bridge, Redis, the consumer. Other test runs may share this Redis, so the tests
+wait for their own (uniquely worded) event instead of counting on silence.
+"""
+
+import time
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import transaction
+from django.test import Client
+
+from orders.locks import lock_order
+from orders.models import Order
+from orders.services.events import order_saga_state_set, saga_event_record
+from ordersite.asgi import application
+
+from .factories import make_order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def new_order(**state) -> Order:
+    order = make_order(start_saga=False)
+    if state:
+        Order.objects.filter(pk=order.pk).update(**state)
+        order.refresh_from_db()
+    return order
+
+
+def record_event(order_id: int, *, step: str, kind: str, detail: str = "", attempt: int = 1, **state) -> None:
+    """One saga event, committed, as an activity records it (with an order state change)."""
+    with transaction.atomic():
+        order = lock_order(order_id)
+        if state:
+            order_saga_state_set(order, **state)
+        saga_event_record(order, kind=kind, step=step, detail=detail, attempt=attempt)
+
+
+def session_cookie_for(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def open_socket(path: str, user=None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+    if user is not None:
+        cookie = await sync_to_async(session_cookie_for)(user)
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    return communicator
+
+
+async def receive_until(communicator: WebsocketCommunicator, needle: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no frame containing {needle!r} within {timeout}s")
+        html = await communicator.receive_from(timeout=remaining)
+        if needle in html:
+            return html
+
+
+async def assert_closed_with(communicator: WebsocketCommunicator, code: int) -> None:
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": code}
+    await communicator.wait()
+
+
+# --- who may connect --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/ws/orders/", "/ws/orders/{pk}/"])
+async def test_without_a_session_the_staff_sockets_close_with_4403(path):
+    order = await sync_to_async(new_order)()
+    communicator = await open_socket(path.format(pk=order.pk))
+    await assert_closed_with(communicator, 4403)
+
+
+async def test_a_user_without_a_staff_role_is_closed_with_4403(django_user_model):
+    user = await sync_to_async(django_user_model.objects.create_user)("walker", password="pw-123456")
+    order = await sync_to_async(new_order)()
+    communicator = await open_socket(f"/ws/orders/{order.pk}/", user)
+    await assert_closed_with(communicator, 4403)
+
+
+async def test_detail_socket_for_an_unknown_order_closes_with_4404(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    communicator = await open_socket("/ws/orders/987654/", viewer)
+    await assert_closed_with(communicator, 4404)
+
+
+async def test_a_page_from_another_site_is_refused(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    cookie = await sync_to_async(session_cookie_for)(viewer)
+    communicator = WebsocketCommunicator(application, "/ws/orders/", headers=[
+        (b"origin", b"http://evil.example"), (b"cookie", f"sessionid={cookie}".encode())])
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+
+
+# --- the detail socket ------------------------------------------------------------------------
+
+
+async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge")
+    communicator = await open_socket(f"/ws/orders/{order.pk}/", viewer)
+
+    first = await communicator.receive_from(timeout=5)
+    for root in (f'id="saga-{order.pk}"', f'id="order-summary-{order.pk}"', f'id="order-actions-{order.pk}"',
+                 f'id="order-ledger-{order.pk}"'):
+        assert root in first
+    assert first.count('hx-swap-oob="true"') == 4
+    assert "hx-post=" not in first  # a viewer's buttons partial has no buttons
+
+    detail = f"Charged 10.00 EUR (ref-{uuid.uuid4().hex[:8]})"
+    await sync_to_async(record_event)(order.pk, step="charge", kind="succeeded", detail=detail)
+    frame = await receive_until(communicator, detail)
+    assert frame.lstrip().startswith("<") and f'id="saga-{order.pk}"' in frame
+    await communicator.disconnect()
+
+
+async def test_operator_buttons_follow_the_saga_state(staff_user):
+    operator = await sync_to_async(staff_user)("operator")
+    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge")
+    communicator = await open_socket(f"/ws/orders/{order.pk}/", operator)
+    first = await communicator.receive_from(timeout=5)
+    assert f'/orders/{order.pk}/actions/cancel/' in first and "/actions/retry/" not in first
+
+    detail = f"gateway down {uuid.uuid4().hex[:8]}"
+    await sync_to_async(record_event)(order.pk, step="charge", kind="stuck", detail=detail, saga_status="stuck")
+    frame = await receive_until(communicator, detail)
+    assert f'/orders/{order.pk}/actions/retry/' in frame and f'/orders/{order.pk}/actions/compensate/' in frame
+    await communicator.disconnect()
+
+
+async def test_reconnect_shows_what_happened_while_disconnected(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="reserve")
+    communicator = await open_socket(f"/ws/orders/{order.pk}/", viewer)
+    await communicator.receive_from(timeout=5)
+    await communicator.disconnect()
+
+    missed = f"Reserved 1 x Product while nobody watched {uuid.uuid4().hex[:8]}"
+    await sync_to_async(record_event)(order.pk, step="reserve", kind="succeeded", detail=missed)
+
+    communicator = await open_socket(f"/ws/orders/{order.pk}/", viewer)
+    assert missed in await communicator.receive_from(timeout=5)
+    await communicator.disconnect()
+
+
+# --- the list socket --------------------------------------------------------------------------
+
+
+async def test_list_socket_sends_the_row_of_the_order_an_event_touched(staff_user):
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge")
+    communicator = await open_socket("/ws/orders/", viewer)
+    await sync_to_async(record_event)(order.pk, step="charge", kind="stuck", detail="gateway down",
+                                      saga_status="stuck")
+    frame = await receive_until(communicator, f'id="order-row-{order.pk}"')
+    assert frame.lstrip().startswith("<tr") and 'hx-swap-oob="true"' in frame
+    assert order.number in frame and "stuck" in frame
+    await communicator.disconnect()
+
+
+# --- the customer socket ----------------------------------------------------------------------
+
+
+async def test_customer_socket_with_a_wrong_token_closes_with_4404():
+    await sync_to_async(new_order)()
+    communicator = await open_socket("/ws/status/not-a-real-token/")
+    await assert_closed_with(communicator, 4404)
+
+
+async def test_customer_socket_follows_the_order_without_staff_data():
+    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge",
+                                           last_error="internal gateway trace 0xdeadbeef")
+    communicator = await open_socket(f"/ws/status/{order.public_token}/")
+    first = await communicator.receive_from(timeout=5)
+    assert 'id="customer-status"' in first and "We&#x27;ve received your order" in first
+
+    await sync_to_async(record_event)(order.pk, step="charge", kind="succeeded", detail="Charged (pay-123)")
+    frame = await receive_until(communicator, "Payment taken</h1>")
+    for secret in ("0xdeadbeef", "pay-123", f"order-{order.pk}", f"saga-{order.pk}", "hx-post"):
+        assert secret not in frame
+    await communicator.disconnect()
