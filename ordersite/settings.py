@@ -130,7 +130,46 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_BEAT_SCHEDULE: dict = {}
+
+# Background operations (ops.tasks): the stalled-saga sweeper, reconciliation, bulk actions.
+# A saga is stalled when its order is pending/running/compensating and has recorded no
+# saga event for this long; only those are described in Temporal.
+SWEEPER_INTERVAL_SECONDS = env_float("SWEEPER_INTERVAL_SECONDS", 60)
+SWEEPER_STALL_SECONDS = env_float("SWEEPER_STALL_SECONDS", 120)
+# A flagged saga is described again at most this often (its flag's detail stays current).
+SWEEPER_RECHECK_SECONDS = env_float("SWEEPER_RECHECK_SECONDS", 55)
+# Upper bound on describes per sweep, so an outage with thousands of quiet sagas stays cheap.
+SWEEPER_MAX_DESCRIBES = int(os.environ.get("SWEEPER_MAX_DESCRIBES", "200"))
+SWEEPER_DESCRIBE_CONCURRENCY = int(os.environ.get("SWEEPER_DESCRIBE_CONCURRENCY", "20"))
+SWEEPER_TEMPORAL_TIMEOUT_SECONDS = env_float("SWEEPER_TEMPORAL_TIMEOUT_SECONDS", 60)
+# Temporal remembers a poller for minutes after it stops; only pollers seen this recently count.
+SWEEPER_POLLER_FRESH_SECONDS = env_float("SWEEPER_POLLER_FRESH_SECONDS", 90)
+# A pending order with no workflow at all (Temporal was down when it was placed) is started.
+SWEEPER_RESTART_UNSTARTED = env_bool("SWEEPER_RESTART_UNSTARTED", True)
+SWEEPER_HISTORY_SECONDS = env_float("SWEEPER_HISTORY_SECONDS", 24 * 3600)
+SWEEPER_DASHBOARD_FLAGS = int(os.environ.get("SWEEPER_DASHBOARD_FLAGS", "10"))
+RECONCILIATION_HOUR_UTC = int(os.environ.get("RECONCILIATION_HOUR_UTC", "3"))
+# Orders that changed this recently are skipped by the workflow checks (visibility lags).
+RECONCILIATION_GRACE_SECONDS = env_float("RECONCILIATION_GRACE_SECONDS", 300)
+RECONCILIATION_MAX_PER_KIND = int(os.environ.get("RECONCILIATION_MAX_PER_KIND", "500"))
+BULK_MAX_ORDERS = int(os.environ.get("BULK_MAX_ORDERS", "2000"))
+
+# The schedule is fixed in code, so beat's own file scheduler is enough (no django-celery-beat).
+from celery.schedules import crontab  # noqa: E402  (kept with the schedule that uses it)
+
+CELERY_BEAT_SCHEDULE: dict = {
+    "stalled-saga-sweeper": {
+        "task": "ops.tasks.stalled_saga_sweep",
+        "schedule": SWEEPER_INTERVAL_SECONDS,
+        # A sweep left queued past the next one is pointless: drop it.
+        "options": {"expires": SWEEPER_INTERVAL_SECONDS * 0.9},
+    },
+    "nightly-reconciliation": {
+        "task": "ops.tasks.reconciliation_nightly",
+        "schedule": crontab(hour=RECONCILIATION_HOUR_UTC, minute=15),
+        "options": {"expires": 3 * 3600},
+    },
+}
 
 # --- temporal ---------------------------------------------------------------------------
 TEMPORAL_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
