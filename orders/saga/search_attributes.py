@@ -1,22 +1,26 @@
-"""The saga's search attributes. Registered on every Temporal server the app uses
-(the run command, the tests' dev server and docker-compose all read ALL from here)."""
+"""The saga's search attributes as typed keys, built from the one list in
+ordersite/search_attributes.py (which the run command and docker-compose read too)."""
 
 from temporalio.common import SearchAttributeKey
 
-ORDER_ID = SearchAttributeKey.for_int("OrderId")
-CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
-ORDER_AMOUNT = SearchAttributeKey.for_float("OrderAmount")
-SAGA_STATUS = SearchAttributeKey.for_keyword("SagaStatus")
-CURRENT_STEP = SearchAttributeKey.for_keyword("CurrentStep")
+from ordersite.search_attributes import SEARCH_ATTRIBUTES
 
-ALL = [ORDER_ID, CUSTOMER_ID, ORDER_AMOUNT, SAGA_STATUS, CURRENT_STEP]
+_KEY_FACTORIES = {
+    "Int": SearchAttributeKey.for_int,
+    "Keyword": SearchAttributeKey.for_keyword,
+    "Double": SearchAttributeKey.for_float,
+}
+_KEYS = {name: _KEY_FACTORIES[kind](name) for name, kind in SEARCH_ATTRIBUTES.items()}
+
+ORDER_ID = _KEYS["OrderId"]
+CUSTOMER_ID = _KEYS["CustomerId"]
+ORDER_AMOUNT = _KEYS["OrderAmount"]
+SAGA_STATUS = _KEYS["SagaStatus"]
+CURRENT_STEP = _KEYS["CurrentStep"]
+
+ALL = list(_KEYS.values())
 
 
 def cli_flags() -> list[str]:
     """`--search-attribute Name=Type` flags for `temporal server start-dev`."""
-    names = {"INT": "Int", "KEYWORD": "Keyword", "DOUBLE": "Double"}
-    return [
-        flag
-        for key in ALL
-        for flag in ("--search-attribute", f"{key.name}={names[key.indexed_value_type.name.removeprefix('INDEXED_VALUE_TYPE_')]}")
-    ]
+    return [flag for name, kind in SEARCH_ATTRIBUTES.items() for flag in ("--search-attribute", f"{name}={kind}")]
