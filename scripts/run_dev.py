@@ -408,7 +408,8 @@ def start_app(sup: Supervisor, web_port: int) -> None:
         "--schedule", str(VAR / "celerybeat-schedule"),  # beat's state, not in the repo root
     ]
     sup.start("web", web, Supervisor.APP)
-    sup.start("worker", [PYTHON, manage, "run_worker"], Supervisor.APP)
+    # Activities run in a thread pool; each thread keeps its database connection.
+    sup.start("worker", [PYTHON, manage, "run_worker"], Supervisor.APP, extra_env={"DB_CONN_MAX_AGE": "60"})
     sup.start("celery", celery, Supervisor.APP)
 
 
