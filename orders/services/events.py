@@ -22,11 +22,19 @@ def _order_snapshot(order: Order) -> dict:
     }
 
 
-def saga_event_record(order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1) -> SagaEvent:
-    """Append an event to the order's log and broadcast it (with the order's state) after commit."""
+def saga_event_record(
+    order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1, **state: str | None
+) -> SagaEvent:
+    """Append an event to the order's log and broadcast it (with the order's state) after commit.
+
+    `state` (status, saga_status, current_step, last_error) changes the order in the same
+    UPDATE that stamps last_event_at: one write for the order per event.
+    The caller holds the order's row lock (orders.locks.lock_order).
+    """
+    changed = _apply_state(order, **state)
     event = SagaEvent.objects.create(order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt)
-    Order.objects.filter(pk=order.pk).update(last_event_at=event.created_at)
     order.last_event_at = event.created_at
+    order.save(update_fields=[*changed, "last_event_at", "updated_at"])
     publish_on_commit(
         [order_group(order.pk), OPS_GROUP],
         {
@@ -45,27 +53,33 @@ def saga_event_record(order: Order, *, kind: str, step: str = "", detail: str = 
     return event
 
 
-def order_saga_state_set(
+def order_saga_state_set(order: Order, **state: str | None) -> None:
+    """Change the order's status/saga fields without an event (see _apply_state).
+
+    The caller holds the order's row lock (orders.locks.lock_order).
+    """
+    changed = _apply_state(order, **state)
+    if changed:
+        order.save(update_fields=[*changed, "updated_at"])
+
+
+def _apply_state(
     order: Order,
     *,
     status: str | None = None,
     saga_status: str | None = None,
     current_step: str | None = None,
     last_error: str | None = None,
-) -> None:
-    """Move the order (status checked against the allowed transitions) and save what changed.
-
-    The caller holds the order's row lock (orders.locks.lock_order).
-    """
+) -> list[str]:
+    """Set what changed on the instance (status checked against the allowed transitions);
+    returns the changed field names for the caller's save."""
     fields = []
     if status is not None and status != order.status:
         check_transition(order.status, status)
         order.status = status
         fields.append("status")
-    if saga_status is not None and saga_status != order.saga_status:
-        if order.saga_status in TERMINAL_SAGA_STATUSES:
-            # A finished saga never comes back to life; a late or replayed write is dropped.
-            saga_status = order.saga_status
+    if saga_status is not None and saga_status != order.saga_status and order.saga_status not in TERMINAL_SAGA_STATUSES:
+        # (A finished saga never comes back to life: a late or replayed write is dropped.)
         order.saga_status = saga_status
         order.stuck_since = timezone.now() if saga_status == SagaStatus.STUCK else None
         fields += ["saga_status", "stuck_since"]
@@ -75,5 +89,4 @@ def order_saga_state_set(
     if last_error is not None and last_error != order.last_error:
         order.last_error = last_error[:2000]
         fields.append("last_error")
-    if fields:
-        order.save(update_fields=[*fields, "updated_at"])
+    return fields

@@ -11,7 +11,7 @@ from ..errors import NotificationFailed
 from ..locks import lock_order
 from ..models import FollowUp, NotificationAttempt, Order, SagaEvent
 from ..status import SagaStatus
-from .events import order_saga_state_set, saga_event_record
+from .events import saga_event_record
 
 
 def order_status_url(order: Order) -> str:
@@ -52,8 +52,8 @@ def followup_open(*, order_id: int, reason: str) -> FollowUp:
                     followup = FollowUp.objects.create(order=order, reason=reason[:2000])
             except IntegrityError:
                 followup = order.followups.get(state=FollowUp.State.OPEN)
-        order_saga_state_set(order, saga_status=SagaStatus.NEEDS_FOLLOWUP, last_error=reason)
-        saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason)
+        saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason,
+                          saga_status=SagaStatus.NEEDS_FOLLOWUP, last_error=reason)
     return followup
 
 

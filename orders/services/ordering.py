@@ -13,7 +13,7 @@ from ..faults import FaultPlanInvalid, fault_plan_clean
 from ..locks import lock_order
 from ..models import Order, OrderLine, Product, SagaEvent
 from ..status import OrderStatus, SagaStatus
-from .events import order_saga_state_set, saga_event_record
+from .events import saga_event_record
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def order_validate(*, order_id: int, attempt: int) -> str:
             problems.append(f"order total {order.total} is over the limit {settings.MAX_ORDER_TOTAL}")
         if problems:
             raise OrderInvalid("Order is invalid: " + "; ".join(problems))
-        order_saga_state_set(order, status=OrderStatus.PROCESSING, saga_status=SagaStatus.RUNNING)
         detail = f"{len(lines)} line(s), total {order.total} {order.currency}"
-        saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="validate", detail=detail, attempt=attempt)
+        saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="validate", detail=detail, attempt=attempt,
+                          status=OrderStatus.PROCESSING, saga_status=SagaStatus.RUNNING)
         return detail

@@ -67,8 +67,7 @@ def saga_start(*, order_id: int) -> bool:
         with transaction.atomic():
             order = lock_order(order_id)
             message = f"Could not start the saga (will be retried): {exc}"
-            order_saga_state_set(order, last_error=message)
-            saga_event_record(order, kind=SagaEvent.Kind.FAILED, detail=message)
+            saga_event_record(order, kind=SagaEvent.Kind.FAILED, detail=message, last_error=message)
         return False
 
 
@@ -77,34 +76,34 @@ def saga_step_started(*, order_id: int, step: str, attempt: int, compensation: b
     with transaction.atomic():
         order = lock_order(order_id)
         if compensation:
-            kind = SagaEvent.Kind.COMPENSATING
-        else:
-            kind = SagaEvent.Kind.RETRYING if attempt > 1 else SagaEvent.Kind.STARTED
-            order_saga_state_set(
-                order, current_step=step,
-                saga_status=SagaStatus.RUNNING if order.saga_status == SagaStatus.PENDING else None,
-            )
-        saga_event_record(order, kind=kind, step=step, detail=detail, attempt=attempt)
+            saga_event_record(order, kind=SagaEvent.Kind.COMPENSATING, step=step, detail=detail, attempt=attempt)
+            return
+        saga_event_record(
+            order, kind=SagaEvent.Kind.RETRYING if attempt > 1 else SagaEvent.Kind.STARTED, step=step,
+            detail=detail, attempt=attempt, current_step=step,
+            saga_status=SagaStatus.RUNNING if order.saga_status == SagaStatus.PENDING else None,
+        )
 
 
 def saga_step_failed(*, order_id: int, step: str, attempt: int, error: str) -> None:
     """Record a failed attempt; its business effect was rolled back with its transaction."""
     with transaction.atomic():
         order = lock_order(order_id)
-        order_saga_state_set(order, last_error=error)
-        saga_event_record(order, kind=SagaEvent.Kind.FAILED, step=step, detail=error, attempt=attempt)
+        saga_event_record(order, kind=SagaEvent.Kind.FAILED, step=step, detail=error, attempt=attempt, last_error=error)
 
 
 def saga_transition_record(transition: SagaTransition) -> None:
     """A workflow-level change (stuck, compensating, finished, a signal) in the read model."""
     with transaction.atomic():
         order = lock_order(transition.order_id)
-        order_saga_state_set(
-            order,
-            status=ORDER_STATUS_AFTER_SAGA.get(transition.saga_status),
-            saga_status=transition.saga_status or None,
-            current_step=transition.step if transition.kind == SagaEvent.Kind.STUCK else None,
-            last_error=transition.detail if transition.kind == SagaEvent.Kind.STUCK else None,
-        )
+        stuck = transition.kind == SagaEvent.Kind.STUCK
+        state = {
+            "status": ORDER_STATUS_AFTER_SAGA.get(transition.saga_status),
+            "saga_status": transition.saga_status or None,
+            "current_step": transition.step if stuck else None,
+            "last_error": transition.detail if stuck else None,
+        }
         if transition.kind:
-            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail)
+            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail, **state)
+        else:
+            order_saga_state_set(order, **state)

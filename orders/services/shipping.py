@@ -9,7 +9,7 @@ from ..adapters import shipping_carrier
 from ..locks import lock_order
 from ..models import Order, SagaEvent, Shipment
 from ..status import OrderStatus
-from .events import order_saga_state_set, saga_event_record
+from .events import saga_event_record
 
 
 def shipment_arrange(
@@ -76,5 +76,5 @@ def shipment_mark_delivered(*, order_id: int, source: str) -> None:
         if order.status == OrderStatus.DELIVERED:
             return
         Shipment.objects.filter(order=order).update(state=Shipment.State.DELIVERED, delivered_at=timezone.now())
-        order_saga_state_set(order, status=OrderStatus.DELIVERED)
-        saga_event_record(order, kind=SagaEvent.Kind.FINISHED, step="ship", detail=f"Delivered (reported by {source})")
+        saga_event_record(order, kind=SagaEvent.Kind.FINISHED, step="ship", detail=f"Delivered (reported by {source})",
+                          status=OrderStatus.DELIVERED)
