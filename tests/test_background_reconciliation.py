@@ -24,9 +24,11 @@ from orders.models import Order, Payment, Product, Reservation, SagaEvent, Stock
 from orders.saga.shared import SagaInput
 from orders.status import OrderStatus, SagaStatus
 
-from .background_support import celery_worker  # noqa: F401  (fixture)
 from .conftest import order_state, wait_for
 from .factories import make_order, make_product
+
+# Fixtures celery_worker and orders_only_env, defined once for all modules that use them.
+pytest_plugins = ["tests.background_fixtures"]
 
 Kind = Discrepancy.Kind
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -35,16 +35,13 @@ from orders.models import Order
 from orders.saga.shared import SagaInput
 from orders.status import OrderStatus, SagaStatus
 
-from .background_support import (  # noqa: F401  (fixtures)
-    celery_worker,
-    healthy_orders_create,
-    order_backdate,
-    order_rows_create,
-    orders_only_env,
-)
+from .background_support import healthy_orders_create, order_backdate, order_rows_create
 from .conftest import order_state, wait_for
 from .factories import make_order
 from .temporal_server import temporal_cli
+
+# Fixtures celery_worker and orders_only_env, defined once for all modules that use them.
+pytest_plugins = ["tests.background_fixtures"]
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
