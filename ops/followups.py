@@ -25,8 +25,9 @@ def _check_permission(actor) -> None:
 
 
 def _lock_followup(followup_id: int) -> FollowUp:
-    # Raises FollowUp.DoesNotExist for an unknown id.
-    return FollowUp.objects.select_for_update().select_related("order", "claimed_by").get(pk=followup_id)
+    # Locks the follow-up row only (not its order or the holder's user row, which the
+    # messages read). Raises FollowUp.DoesNotExist for an unknown id.
+    return FollowUp.objects.select_for_update(of=("self",)).select_related("order", "claimed_by").get(pk=followup_id)
 
 
 def _holder_name(followup: FollowUp) -> str:

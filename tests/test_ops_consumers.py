@@ -100,16 +100,18 @@ async def test_a_burst_of_events_is_answered_by_a_few_renders_shared_by_all_sock
             await socket.receive_from(timeout=5)
         renders.clear()
 
+        # One real event (recorded, broadcast after commit) and forty more messages sent
+        # straight to the group, all within a few milliseconds.
+        marker = await sync_to_async(record_event)(order, kind="started")
         layer = get_channel_layer()
-        events = [await sync_to_async(record_event)(order, kind="started") for _ in range(20)]
-        # The group messages may also be sent straight from here, as many publishers would.
-        for _ in range(20):
+        for _ in range(40):
             await layer.group_send(OPS_GROUP, {"type": "saga.event", "event": {}, "order": {}})
         for socket in sockets:
-            await receive_until(socket, f'id="ops-event-{events[-1].pk}"')
+            await receive_until(socket, f'id="ops-event-{marker.pk}"')
         await asyncio.sleep(consumers.COALESCE_SECONDS * 3)
-        # 40 events to 3 sockets: without coalescing and sharing, 120 renders.
-        assert 1 <= len(renders) <= 6, renders
+        # 41 events to 3 sockets would be 123 renders without coalescing and sharing; the
+        # marker's broadcast may land in a second window, and another test run may publish.
+        assert 1 <= len(renders) <= 4, renders
     finally:
         for socket in sockets:
             await socket.disconnect()

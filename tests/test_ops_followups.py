@@ -2,8 +2,10 @@
 endpoints, for every role; refusals write nothing."""
 
 import re
+import threading
 
 import pytest
+from django.db import connection
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
@@ -34,6 +36,33 @@ def test_claim_is_one_person_at_a_time(staff_user):
     with pytest.raises(FollowUpNotAllowed, match=rf"{followup.order.number} is already claimed by sam"):
         followup_claim(followup_id=followup.pk, actor=kim)
     assert state(followup)[0] == sam.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_claims_leave_exactly_one_holder(staff_user):
+    followup = followup_order()
+    people = [staff_user("support") for _ in range(4)]
+    start = threading.Barrier(len(people))
+    results = []
+
+    def claim(person):
+        start.wait()
+        try:
+            followup_claim(followup_id=followup.pk, actor=person)
+            results.append(("claimed", person.pk))
+        except FollowUpNotAllowed:
+            results.append(("refused", person.pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim, args=(p,)) for p in people]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcome for outcome, _ in results) == ["claimed", "refused", "refused", "refused"]
+    winner = next(pk for outcome, pk in results if outcome == "claimed")
+    assert state(followup)[0] == winner
 
 
 def test_release_by_holder_or_admin_only(staff_user):

@@ -1,0 +1,126 @@
+"""Server time and query count of the staff pages, on a database seeded by seed_orders.py.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench .venv/bin/python bench/page_times.py
+
+Requests each page through django.test.Client as a signed-in staff user (bench-operator by
+default: it sees every button), five times after one warm-up, and prints the median server
+time (the whole Django request: middleware, session, queries, template) and the number of
+queries. Pages whose URL is not installed are skipped. --markdown prints a table for
+docs/benchmarks.md.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+from django.urls import NoReverseMatch, reverse  # noqa: E402
+
+from orders.models import FollowUp, Order  # noqa: E402
+from ops.models import OperatorAction  # noqa: E402
+
+RUNS = 5
+
+
+def url(name: str, *args, query: str = "") -> str | None:
+    try:
+        return reverse(name, args=args) + (f"?{query}" if query else "")
+    except NoReverseMatch:
+        return None
+
+
+def pages() -> list[tuple[str, str | None]]:
+    stuck = Order.objects.filter(saga_status="stuck").order_by("-pk").first()
+    busy = Order.objects.filter(saga_status="completed").order_by("-pk").first()
+    some_email = Order.objects.order_by("pk").values_list("customer_email", flat=True).first() or "x"
+    audit_actor = OperatorAction.objects.select_related("actor").order_by("-pk").first()
+    return [
+        ("Dashboard home", url("ops:home")),
+        ("Order list", url("orders:list")),
+        ("Order list, filtered (saga stuck, step charge)", url("orders:list", query="saga_status=stuck&step=charge")),
+        ("Order list, filtered (status completed)", url("orders:list", query="status=completed")),
+        ("Order list, searched (customer email)", url("orders:list", query=f"q={some_email}")),
+        ("Order list, searched (name)", url("orders:list", query="q=lovelace")),
+        ("Order list, page 500", url("orders:list", query="page=500")),
+        ("Order detail (stuck order)", url("orders:detail", stuck.pk) if stuck else None),
+        ("Order detail (completed order)", url("orders:detail", busy.pk) if busy else None),
+        ("Stuck queue", url("ops:stuck")),
+        ("Stuck queue, step charge", url("ops:stuck", query="step=charge")),
+        ("Stuck queue, page 10", url("ops:stuck", query="page=10")),
+        ("Follow-up queue", url("ops:followups")),
+        ("Follow-ups resolved recently", url("ops:followups", query="view=resolved")),
+        ("Audit log", url("ops:audit")),
+        ("Audit log, filtered (actor, action)",
+         url("ops:audit", query=f"actor={audit_actor.actor.username}&action=compensate") if audit_actor else None),
+        ("Admin order list", url("admin:orders_order_changelist")),
+        ("Admin order list, saga stuck", url("admin:orders_order_changelist", query="saga_status__exact=stuck")),
+    ]
+
+
+def measure(client: Client, path: str) -> tuple[float, int, int]:
+    client.get(path)  # warm-up: template loading, first connection
+    times = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        response = client.get(path)
+        times.append(time.perf_counter() - started)
+        if response.status_code != 200:
+            raise SystemExit(f"{path} answered {response.status_code}")
+    with CaptureQueriesContext(connection) as ctx:
+        client.get(path)
+    return statistics.median(times) * 1000, len(ctx.captured_queries), len(response.content)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--user", default="bench-operator", help="staff username (made by seed_orders.py)")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args(argv)
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    user = get_user_model().objects.filter(username=args.user).first()
+    if user is None:
+        raise SystemExit(f"No user {args.user!r}: run bench/seed_orders.py first.")
+    client = Client()
+    client.force_login(user)
+
+    vendor = connection.vendor
+    orders = Order.objects.count()
+    header = (f"{orders:,} orders, {Order.objects.filter(saga_status='stuck').count():,} stuck, "
+              f"{FollowUp.objects.filter(state='open').count():,} open follow-ups, "
+              f"{OperatorAction.objects.count():,} operator actions; {vendor}; user {args.user}; "
+              f"median of {RUNS}")
+    rows = []
+    for label, path in pages():
+        if path is None:
+            print(f"skipped (not installed): {label}", file=sys.stderr)
+            continue
+        ms, queries, size = measure(client, path)
+        rows.append((label, path, ms, queries, size))
+        if not args.markdown:
+            print(f"{ms:8.1f} ms  {queries:3d} queries  {size / 1024:6.0f} KiB  {label}  {path}", flush=True)
+    if args.markdown:
+        print(header + "\n")
+        print("| page | URL | server time (ms, median of 5) | queries |")
+        print("|---|---|---:|---:|")
+        for label, path, ms, queries, _ in rows:
+            print(f"| {label} | `{path}` | {ms:.1f} | {queries} |")
+    else:
+        print(header)
+
+
+if __name__ == "__main__":
+    main()
