@@ -5,8 +5,9 @@
 Requests each page through django.test.Client as a signed-in staff user (bench-operator by
 default: it sees every button), five times after one warm-up, and prints the median server
 time (the whole Django request: middleware, session, queries, template) and the number of
-queries. Pages whose URL is not installed are skipped. --markdown prints a table for
-docs/benchmarks.md.
+queries. Pages whose URL is not installed are skipped. --rounds N measures every page N
+times over (a busy machine shows through as spread between rounds). --markdown prints a
+table for docs/benchmarks.md.
 """
 
 import argparse
@@ -88,6 +89,7 @@ def measure(client: Client, path: str) -> tuple[float, int, int]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--user", default="bench-operator", help="staff username (made by seed_orders.py)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every page this many times over")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
@@ -103,21 +105,29 @@ def main(argv=None) -> None:
               f"{FollowUp.objects.filter(state='open').count():,} open follow-ups, "
               f"{OperatorAction.objects.count():,} operator actions; {vendor}; user {args.user}; "
               f"median of {RUNS}")
-    rows = []
+    measured = [(label, path) for label, path in pages() if path is not None]
     for label, path in pages():
         if path is None:
             print(f"skipped (not installed): {label}", file=sys.stderr)
-            continue
-        ms, queries, size = measure(client, path)
-        rows.append((label, path, ms, queries, size))
-        if not args.markdown:
-            print(f"{ms:8.1f} ms  {queries:3d} queries  {size / 1024:6.0f} KiB  {label}  {path}", flush=True)
+    results: dict[str, list[tuple[float, int]]] = {path: [] for _, path in measured}
+    for round_number in range(1, max(1, args.rounds) + 1):
+        for label, path in measured:
+            ms, queries, size = measure(client, path)
+            results[path].append((ms, queries))
+            if not args.markdown:
+                print(f"{ms:8.1f} ms  {queries:3d} queries  {size / 1024:6.0f} KiB  {label}  {path}", flush=True)
+        if not args.markdown and args.rounds > 1:
+            print(f"-- end of round {round_number}", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    header += f"; {os.cpu_count()} CPUs, load average {load:.1f} at the end"
     if args.markdown:
         print(header + "\n")
-        print("| page | URL | server time (ms, median of 5) | queries |")
+        rounds = " / ".join(f"round {n}" for n in range(1, max(1, args.rounds) + 1))
+        print(f"| page | URL | server time, ms (median of {RUNS}; {rounds}) | queries |")
         print("|---|---|---:|---:|")
-        for label, path, ms, queries, _ in rows:
-            print(f"| {label} | `{path}` | {ms:.1f} | {queries} |")
+        for label, path in measured:
+            times = " / ".join(f"{ms:.0f}" for ms, _ in results[path])
+            print(f"| {label} | `{path}` | {times} | {results[path][-1][1]} |")
     else:
         print(header)
 
