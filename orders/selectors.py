@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from ops.models import OperatorAction
 from ops.services import ACTION_PERMISSIONS, operator_action_check
@@ -78,8 +79,6 @@ class OrderListPage:
 
 
 def _day_start(day: date) -> datetime:
-    from django.utils import timezone
-
     return timezone.make_aware(datetime.combine(day, datetime.min.time()))
 
 
@@ -200,6 +199,15 @@ class TimelineEvent:
     reason: str = ""
 
     @property
+    def time_label(self) -> str:
+        # Formatted here: the template's date filter costs more than the rest of the row.
+        return timezone.localtime(self.created_at).strftime("%H:%M:%S.%f")[:12]
+
+    @property
+    def iso_time(self) -> str:
+        return self.created_at.isoformat()
+
+    @property
     def operator(self) -> bool:
         return self.kind in (Kind.SIGNAL, Kind.IGNORED)
 
@@ -252,6 +260,17 @@ class SagaTimeline:
     @property
     def terminal(self) -> bool:
         return self.order.saga_status in TERMINAL_SAGA_STATUSES
+
+    def step_track(self, step: str) -> StepTrack | None:
+        return next((track for track in self.steps if track.step == step), None)
+
+    def forward_track_of(self, event_id: int) -> StepTrack | None:
+        """The forward step whose track holds this event, or None (a compensation, a
+        saga-level event, or not loaded): the socket then re-renders the whole timeline."""
+        for track in self.steps:
+            if any(event.id == event_id for event in track.events):
+                return track
+        return None
 
 
 def _actor_lookup(actions: list[OperatorAction]):
@@ -460,41 +479,62 @@ def temporal_workflow_url(order: Order) -> str:
     return f"{base}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{order.workflow_id}"
 
 
-def _order_with_ledger() -> QuerySet[Order]:
-    return Order.objects.select_related("created_by", "shipment").prefetch_related(
-        Prefetch("lines", queryset=OrderLine.objects.select_related("product").order_by("id")),
-        Prefetch("reservations", queryset=Reservation.objects.select_related("product").order_by("id")),
-        Prefetch("payments", queryset=Payment.objects.order_by("id")),
-        Prefetch("notifications", queryset=NotificationAttempt.objects.order_by("id")),
-        Prefetch("followups", queryset=FollowUp.objects.select_related("claimed_by").order_by("id")),
-        Prefetch("operator_actions", queryset=OperatorAction.objects.select_related("actor").order_by("id")),
-    )
+LEDGER_SECTIONS = frozenset({"stock", "payments", "shipment", "notify"})
 
 
-def order_detail(order_id: int) -> OrderDetail | None:
-    """Everything the detail page shows, in a fixed number of queries (8)."""
-    order = _order_with_ledger().filter(pk=order_id).first()
+def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[str] = True,
+                 audit: bool = True) -> OrderDetail | None:
+    """Everything the detail page shows, in a fixed number of queries (8 with lines, the
+    whole ledger and the audit rows).
+
+    The live socket asks only for what a saga event can have changed: `ledger` may name the
+    sections to load (stock, payments, shipment, notify), and without `audit` the operator
+    actions are read only if the events include operator commands. A step's progress is then
+    2 queries: the order and its events.
+    """
+    sections = LEDGER_SECTIONS if ledger is True else frozenset(ledger or ())
+    qs = Order.objects.all()
+    prefetches = []
+    if lines:
+        qs = qs.select_related("created_by")
+        prefetches.append(Prefetch("lines", queryset=OrderLine.objects.select_related("product").order_by("id")))
+    if "shipment" in sections:
+        qs = qs.select_related("shipment")
+    if "stock" in sections:
+        prefetches.append(Prefetch("reservations", queryset=Reservation.objects.select_related("product").order_by("id")))
+    if "payments" in sections:
+        prefetches.append(Prefetch("payments", queryset=Payment.objects.order_by("id")))
+    if "notify" in sections:
+        prefetches += [
+            Prefetch("notifications", queryset=NotificationAttempt.objects.order_by("id")),
+            Prefetch("followups", queryset=FollowUp.objects.select_related("claimed_by").order_by("id")),
+        ]
+    order = qs.prefetch_related(*prefetches).filter(pk=order_id).first()
     if order is None:
         return None
     events = list(SagaEvent.objects.filter(order_id=order.pk).order_by("id"))
-    actions = list(order.operator_actions.all())
-    payments = list(order.payments.all())
-    try:
-        shipment = order.shipment
-    except Order.shipment.RelatedObjectDoesNotExist:
-        shipment = None
+    actions = []
+    if audit or any(e.kind in (Kind.SIGNAL, Kind.IGNORED) for e in events):
+        actions = list(OperatorAction.objects.filter(order_id=order.pk).select_related("actor").order_by("id"))
+    payments = list(order.payments.all()) if "payments" in sections else []
+    shipment = None
+    if "shipment" in sections:
+        try:
+            shipment = order.shipment
+        except Order.shipment.RelatedObjectDoesNotExist:
+            pass
     return OrderDetail(
         order=order,
-        lines=list(order.lines.all()),
-        reservations=list(order.reservations.all()),
+        lines=list(order.lines.all()) if lines else [],
+        reservations=list(order.reservations.all()) if "stock" in sections else [],
         payments=payments,
         money=MoneySummary(
             charged=sum((p.amount for p in payments if p.kind == Payment.Kind.CHARGE), Decimal("0")),
             refunded=sum((p.amount for p in payments if p.kind == Payment.Kind.REFUND), Decimal("0")),
         ),
         shipment=shipment,
-        notifications=list(order.notifications.all()),
-        followups=list(order.followups.all()),
+        notifications=list(order.notifications.all()) if "notify" in sections else [],
+        followups=list(order.followups.all()) if "notify" in sections else [],
         operator_actions=sorted(actions, key=lambda a: a.pk, reverse=True),
         timeline=saga_timeline_build(order, events, actions),
     )
