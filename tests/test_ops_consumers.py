@@ -29,12 +29,12 @@ def session_cookie_for(user) -> str:
     return client.cookies["sessionid"].value
 
 
-async def connect(user=None) -> WebsocketCommunicator:
+async def connect(user=None, path: str = "/ws/ops/") -> WebsocketCommunicator:
     headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
     if user is not None:
         cookie = await sync_to_async(session_cookie_for)(user)
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
-    communicator = WebsocketCommunicator(application, "/ws/ops/", headers=headers)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     assert connected
     return communicator
@@ -127,5 +127,16 @@ async def test_reconnecting_catches_up_with_events_missed_while_disconnected(sta
     communicator = await connect(viewer)
     try:
         assert f'id="ops-event-{missed.pk}"' in await communicator.receive_from(timeout=5)
+    finally:
+        await communicator.disconnect()
+
+
+async def test_the_dashboards_flagged_sagas_card_socket_is_routed(staff_user):
+    communicator = await connect(path="/ws/ops/background/flags/")
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+    viewer = await sync_to_async(staff_user)("viewer")
+    communicator = await connect(viewer, "/ws/ops/background/flags/")
+    try:
+        assert 'id="stall-flags"' in await communicator.receive_from(timeout=5)
     finally:
         await communicator.disconnect()

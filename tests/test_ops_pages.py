@@ -95,6 +95,8 @@ def test_dashboard_shows_counts_and_recent_activity(client_as):
     assert 'ws-connect="/ws/ops/"' in body and 'id="ops-counts"' in body and 'id="ops-activity"' in body
     # Out-of-band markers are for socket messages only.
     assert "hx-swap-oob" not in body
+    # The stalled-saga sweeper's card, on its own socket.
+    assert 'id="stall-flags"' in body and 'ws-connect="/ws/ops/background/flags/"' in body
 
 
 def test_recent_activity_is_limited_to_the_latest_twenty(client_as):
