@@ -369,3 +369,43 @@ def test_query_count_does_not_grow_with_rows(client_as, staff_user, page, params
     assert small == large
     assert large <= most
     assert OperatorAction.objects.count() == 54
+
+
+# --- the queues' action buttons, posted as each role -------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "role, allowed",
+    [("viewer", set()), ("support", {"resend", "resolved"}), ("operator", {"retry", "compensate", "resend", "resolved"}),
+     ("admin", {"retry", "compensate", "resend", "resolved"})],
+)
+def test_queue_action_buttons_are_checked_per_role(client_as, temporal_server, role, allowed):
+    """The forms the queues render, posted to orders:action: refused with 403 and nothing
+    written for roles that may not act; audited (then signalled) for those who may."""
+    client = client_as(role)
+    stuck = stuck_order()
+    followup = followup_order()
+    for action, order, next_url in [
+        ("retry", stuck, "/ops/stuck/?step=charge"), ("compensate", stuck, "/ops/stuck/"),
+        ("resend", followup.order, "/ops/followups/"), ("resolved", followup.order, "/ops/followups/"),
+    ]:
+        before = OperatorAction.objects.count()
+        response = client.post(
+            reverse("orders:action", args=[order.pk, action]), {"reason": "from the queue", "next": next_url}
+        )
+        if action in allowed:
+            assert response.status_code == 302 and response["Location"] == next_url
+            audit = OperatorAction.objects.latest("id")
+            assert (audit.order_id, audit.action, audit.reason) == (order.pk, action, "from the queue")
+            assert audit.actor.groups.get().name == role
+        else:
+            assert response.status_code == 403
+            assert OperatorAction.objects.count() == before
+
+
+def test_followup_queue_ignores_an_unknown_view(client_as):
+    followup = followup_order()
+    response = client_as("viewer").get(reverse("ops:followups"), {"view": "everything"})
+    assert response.status_code == 200
+    assert f'id="followup-{followup.pk}"' in response.content.decode()
