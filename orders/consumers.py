@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import InterfaceError, OperationalError, connection
 from django.template.loader import render_to_string
@@ -164,7 +165,9 @@ class FramePlan:
     saga_events: bool = False  # events of the saga as a whole
     audit: bool = False  # the operator actions list
     ledger: frozenset[str] = frozenset()  # ledger sections: stock, payments, shipment, notify
-    actions: bool = False  # the buttons that fit
+    # The buttons that fit, beyond a change of saga status or current step (which is always
+    # checked): a follow-up opening or closing, an operator command.
+    actions: bool = False
 
 
 # Which ledger section a step's effect (or its compensation) lands in.
@@ -178,13 +181,13 @@ def frame_plan(kind: str, step: str) -> FramePlan | None:
     if not step:
         return None if kind == "finished" else FramePlan(saga_events=True, audit=kind in ("signal", "ignored"))
     plans = {
-        "started": FramePlan(track=True, actions=True),  # current_step moves: cancel may stop fitting
+        "started": FramePlan(track=True),
         "retrying": FramePlan(track=True),
         "succeeded": FramePlan(track=True, ledger=ledger),
         "failed": FramePlan(track=True, ledger=ledger if step == "notify" else frozenset()),
-        "stuck": FramePlan(track=True, actions=True),
+        "stuck": FramePlan(track=True),
         "followup": FramePlan(track=True, ledger=ledger, actions=True),
-        "compensating": FramePlan(track=True, compensation=True, actions=True),
+        "compensating": FramePlan(track=True, compensation=True),
         "compensated": FramePlan(track=True, compensation=True, ledger=ledger),
         "signal": FramePlan(track=True, audit=True, ledger=ledger if step == "notify" else frozenset(), actions=True),
         "ignored": FramePlan(track=True, audit=True),
@@ -220,10 +223,30 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
         if track is None:
             # Not on a forward step: a compensation failing, say. Send the tracks it can be on.
             plan = replace(plan, compensation=True, saga_events=True)
+    order = detail.order
+    summary_changed = _state_moved("summary", order, (order.status, order.saga_status, order.current_step,
+                                                      order.last_error, order.stuck_since))
+    # The buttons depend on the saga status, the current step and an open follow-up.
+    buttons_changed = _state_moved("buttons", order, (order.saga_status, order.current_step))
     context = {**detail_context(detail), "oob": True, "trigger_event_id": trigger_event_id, "plan": plan,
-               "track": track}
+               "track": track, "summary_changed": summary_changed}
     html = render_to_string("orders/partials/order_detail_live.html", context)
-    return html, detail.order, plan is None or plan.actions
+    return html, order, buttons_changed or plan is None or plan.actions
+
+
+# What each order's summary and buttons were last rendered from, in this process (only the
+# reader thread touches it): most events (a step starting, failing, retrying, succeeding)
+# move neither, and every socket got both fresh when it connected.
+_rendered_from: dict[tuple[str, int], tuple] = {}
+
+
+def _state_moved(part: str, order: Order, state: tuple) -> bool:
+    key = (part, order.pk)
+    moved = _rendered_from.get(key) != state
+    _rendered_from[key] = state
+    if len(_rendered_from) > 20_000:
+        _rendered_from.clear()  # a bound, not a cache policy: forgetting only costs a re-render
+    return moved
 
 
 def render_actions(order: Order, permissions: frozenset[str]) -> str:
@@ -259,7 +282,23 @@ def order_exists(order_id: int) -> bool:
 # --- consumers ----------------------------------------------------------------------------
 
 
-class StaffConsumer(AsyncWebsocketConsumer):
+class ReadOnlyConsumer(AsyncWebsocketConsumer):
+    """A consumer whose reads all go through database_read.
+
+    Channels closes stale connections of its shared sync thread before every handler, one
+    thread hop per message: per socket per saga event here, which measured more than the
+    socket's share of the render. These consumers never use that thread's connection, so
+    the hop is skipped.
+    """
+
+    async def dispatch(self, message):
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+class StaffConsumer(ReadOnlyConsumer):
     """Accepts staff who may view orders; anyone else gets close code 4403."""
 
     permissions: frozenset[str] = frozenset()
@@ -345,7 +384,7 @@ class OrderDetailConsumer(StaffConsumer):
         return html + actions
 
 
-class CustomerStatusConsumer(AsyncWebsocketConsumer):
+class CustomerStatusConsumer(ReadOnlyConsumer):
     """ws/status/<token>/: the customer's view of their one order. No login; the token is the key."""
 
     async def connect(self):

@@ -509,7 +509,8 @@ def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[
             Prefetch("notifications", queryset=NotificationAttempt.objects.order_by("id")),
             Prefetch("followups", queryset=FollowUp.objects.select_related("claimed_by").order_by("id")),
         ]
-    order = qs.prefetch_related(*prefetches).filter(pk=order_id).first()
+    # order_by(): a lookup by key needs no ORDER BY (the model's default ordering costs compile time).
+    order = next(iter(qs.prefetch_related(*prefetches).filter(pk=order_id).order_by()[:1]), None)
     if order is None:
         return None
     events = list(SagaEvent.objects.filter(order_id=order.pk).order_by("id"))

@@ -129,10 +129,12 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
     detail = f"Charged 10.00 EUR (ref-{uuid.uuid4().hex[:8]})"
     await sync_to_async(record_event)(order.pk, step="charge", kind="succeeded", detail=detail)
     frame = await receive_until(communicator, detail)
-    # A forward step's event re-renders that step's track, the header and the summary, plus
-    # the ledger section the step moves (money, for a charge), all out of band.
+    # A forward step's event re-renders that step's track and the timeline header, plus the
+    # ledger section the step moves (money, for a charge), all out of band; the order's state
+    # did not move, so neither the summary nor the buttons come along.
     assert f'<li id="saga-{order.pk}-step-charge" class="saga-step state-succeeded" hx-swap-oob="true">' in frame
-    assert f'id="saga-{order.pk}-header"' in frame and f'id="order-summary-{order.pk}"' in frame
+    assert f'id="saga-{order.pk}-header"' in frame
+    assert f'id="order-summary-{order.pk}"' not in frame and f'id="order-actions-{order.pk}"' not in frame
     assert f'id="order-ledger-{order.pk}-payments"' in frame
     assert f'id="order-ledger-{order.pk}-stock"' not in frame and f'id="saga-{order.pk}-step-reserve"' not in frame
 
@@ -148,7 +150,8 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
                                       status="failed", saga_status="compensated")
     frame = await receive_until(communicator, "Payment declined")
     assert f'<section id="saga-{order.pk}" class="saga-timeline"' in frame and "not run" in frame
-    assert f'id="order-ledger-{order.pk}" ' in frame
+    assert f'id="order-ledger-{order.pk}" ' in frame and f'id="order-summary-{order.pk}"' in frame
+    assert f'id="order-actions-{order.pk}"' in frame
     await communicator.disconnect()
 
 
