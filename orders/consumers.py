@@ -214,12 +214,14 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
         detail = order_detail(order_id, lines=False, ledger=plan.ledger, audit=plan.audit)
     if detail is None:
         return None
-    track = None
+    track = appended = None
     if plan is not None and plan.track:
         if kind in ("compensating", "compensated"):
             track = detail.timeline.step_track(step)  # the step being undone changes state too
         else:
             track = detail.timeline.forward_track_of(trigger_event_id)
+            # The event is appended to the step's list: the earlier ones are on the page already.
+            appended = next((e for e in track.events if e.id == trigger_event_id), None) if track else None
         if track is None:
             # Not on a forward step: a compensation failing, say. Send the tracks it can be on.
             plan = replace(plan, compensation=True, saga_events=True)
@@ -229,7 +231,7 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
     # The buttons depend on the saga status, the current step and an open follow-up.
     buttons_changed = _state_moved("buttons", order, (order.saga_status, order.current_step))
     context = {**detail_context(detail), "oob": True, "trigger_event_id": trigger_event_id, "plan": plan,
-               "track": track, "summary_changed": summary_changed}
+               "track": track, "appended_event": appended, "summary_changed": summary_changed}
     html = render_to_string("orders/partials/order_detail_live.html", context)
     return html, order, buttons_changed or plan is None or plan.actions
 

@@ -132,7 +132,9 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
     # A forward step's event re-renders that step's track and the timeline header, plus the
     # ledger section the step moves (money, for a charge), all out of band; the order's state
     # did not move, so neither the summary nor the buttons come along.
-    assert f'<li id="saga-{order.pk}-step-charge" class="saga-step state-succeeded" hx-swap-oob="true">' in frame
+    assert f'<div id="saga-{order.pk}-step-charge-head" class="step-summary state-succeeded" hx-swap-oob="true">' in frame
+    assert f'<ol hx-swap-oob="beforeend:#saga-{order.pk}-step-charge-events"><li class="saga-event kind-succeeded">' in frame
+    assert frame.count('class="saga-event ') == 1  # only the new event: the page has the others
     assert f'id="saga-{order.pk}-header"' in frame
     assert f'id="order-summary-{order.pk}"' not in frame and f'id="order-actions-{order.pk}"' not in frame
     assert f'id="order-ledger-{order.pk}-payments"' in frame
@@ -143,7 +145,7 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
     await sync_to_async(record_event)(order.pk, step="charge", kind="compensated", detail=undo)
     frame = await receive_until(communicator, undo)
     assert f'<section id="saga-{order.pk}-compensation" class="compensation"' in frame
-    assert f'id="saga-{order.pk}-step-charge" class="saga-step state-compensated"' in frame
+    assert f'id="saga-{order.pk}-step-charge-head" class="step-summary state-compensated"' in frame
 
     # The saga finishing sends the whole page again (steps never reached become "not run").
     await sync_to_async(record_event)(order.pk, step="", kind="finished", detail="Payment declined",

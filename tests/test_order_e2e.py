@@ -34,7 +34,7 @@ async def test_order_created_on_the_page_is_rescued_and_shows_every_step_succeed
     await wait_for(lambda: order_state(order.pk).saga_status == SagaStatus.STUCK, message="stuck at charge")
 
     html = (await sync_to_async(client.get)(reverse("orders:detail", args=[order.pk]))).content.decode()
-    assert 'id="saga-{}-step-charge" class="saga-step state-stuck"'.format(order.pk) in html
+    assert f'id="saga-{order.pk}-step-charge-head" class="step-summary state-stuck"' in html
     assert f"/orders/{order.pk}/actions/retry/" in html
 
     socket = await open_socket(f"/ws/orders/{order.pk}/", operator)
@@ -52,7 +52,7 @@ async def test_order_created_on_the_page_is_rescued_and_shows_every_step_succeed
     await receive_until(socket, "saga finished")
     await socket.disconnect()
     html = (await sync_to_async(client.get)(reverse("orders:detail", args=[order.pk]))).content.decode()
-    step_states = re.findall(rf'id="saga-{order.pk}-step-(\w+)" class="saga-step state-(\w+)"', html)
+    step_states = re.findall(rf'id="saga-{order.pk}-step-(\w+)-head" class="step-summary state-(\w+)"', html)
     assert step_states == [(step, "succeeded") for step in
                            ("validate", "reserve", "charge", "confirm", "ship", "notify")]
     assert f"by {operator.username}" in html and "gateway is back" in html
