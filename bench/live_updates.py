@@ -30,6 +30,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -236,6 +237,7 @@ def main() -> int:
     parser.add_argument("--no-deflate", action="store_true", help="clients do not negotiate permessage-deflate")
     parser.add_argument("--debug", action="store_true", help="run the server with DEBUG=1 (default: DEBUG=0, as deployed)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a frame was dropped or p99 missed the aim")
+    parser.add_argument("--details", action="store_true", help="also print the delays per second of the run")
     parser.add_argument("--client-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -305,6 +307,7 @@ def main() -> int:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     sockets_per_order: dict[int, int] = {}
     for order_id in targets:
@@ -312,6 +315,8 @@ def main() -> int:
     expected = sum(sockets_per_order[order_id] for order_id, _ in committed.values())
     delivered: set[tuple[int, int]] = set()
     delays: list[float] = []
+    by_second: dict[int, list[float]] = {}
+    first_commit = min((at for _, at in committed.values()), default=0)
     foreign = duplicates = 0
     for index, order_id, event_id, arrived in frames:
         origin = committed.get(event_id)
@@ -323,6 +328,7 @@ def main() -> int:
             continue
         delivered.add((index, event_id))
         delays.append((arrived - origin[1]) / 1e6)
+        by_second.setdefault(int((origin[1] - first_commit) / 1e9), []).append(delays[-1])
     delays.sort()
     dropped = expected - len(delivered)
     events = len(committed)
@@ -340,6 +346,12 @@ def main() -> int:
     print(f"  server CPU {cpu_used:.1f} s over {drive_seconds + 3:.1f} s "
           f"({100 * cpu_used / (drive_seconds + 3):.0f}% of one core), clients {client_cpu:.1f} s; machine load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.details:
+        print("  per second of the run (by commit time): p50 / p99 / max ms")
+        for second, values in sorted(by_second.items()):
+            values.sort()
+            print(f"    {second:3d}s  {percentile(values, 50):7.1f} {percentile(values, 99):7.1f} {values[-1]:7.1f}"
+                  f"  ({len(values)} frames)")
     ok = dropped == 0 and percentile(delays, 99) < args.target_ms
     print(f"  verdict: {'OK' if ok else 'MISSED'} (aim: no dropped frames, p99 < {args.target_ms:g} ms)")
     return 1 if args.strict and not ok else 0

@@ -157,10 +157,11 @@ def staff_permissions(user) -> frozenset[str] | None:
 
 @dataclass(frozen=True)
 class FramePlan:
-    """Which parts of the detail page a saga event can have changed (besides the summary and
-    the timeline header, which every frame carries)."""
+    """Which parts of the detail page a saga event can have changed, besides the timeline
+    header (every frame carries it) and the summary (sent when the order's state moved)."""
 
     track: bool = False  # the forward step's own track
+    all_heads: bool = False  # every step's head (a finished saga marks steps it never ran)
     compensation: bool = False  # the reverse track
     saga_events: bool = False  # events of the saga as a whole
     audit: bool = False  # the operator actions list
@@ -175,11 +176,15 @@ LEDGER_OF_STEP = {"reserve": "stock", "confirm": "stock", "charge": "payments", 
 
 
 def frame_plan(kind: str, step: str) -> FramePlan | None:
-    """What to re-render for an event; None means the whole page (the saga finished, or an
-    event this code does not know)."""
+    """What to re-render for an event; None means the whole page (an event kind this code
+    does not know)."""
     ledger = frozenset({LEDGER_OF_STEP[step]}) if step in LEDGER_OF_STEP else frozenset()
     if not step:
-        return None if kind == "finished" else FramePlan(saga_events=True, audit=kind in ("signal", "ignored"))
+        if kind == "finished":
+            # The saga's end: its own event, steps never reached become "not run", a
+            # follow-up may have been closed, and no button fits any more.
+            return FramePlan(saga_events=True, all_heads=True, ledger=frozenset({"notify"}), actions=True)
+        return FramePlan(saga_events=True, audit=kind in ("signal", "ignored"))
     plans = {
         "started": FramePlan(track=True),
         "retrying": FramePlan(track=True),

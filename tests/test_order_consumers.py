@@ -147,12 +147,15 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
     assert f'<section id="saga-{order.pk}-compensation" class="compensation"' in frame
     assert f'id="saga-{order.pk}-step-charge-head" class="step-summary state-compensated"' in frame
 
-    # The saga finishing sends the whole page again (steps never reached become "not run").
+    # The saga finishing: its event, steps never reached become "not run", the new status,
+    # and buttons that no longer fit go.
     await sync_to_async(record_event)(order.pk, step="", kind="finished", detail="Payment declined",
                                       status="failed", saga_status="compensated")
     frame = await receive_until(communicator, "Payment declined")
-    assert f'<section id="saga-{order.pk}" class="saga-timeline"' in frame and "not run" in frame
-    assert f'id="order-ledger-{order.pk}" ' in frame and f'id="order-summary-{order.pk}"' in frame
+    assert f'<section id="saga-{order.pk}-saga-events" class="saga-level"' in frame
+    assert f'id="saga-{order.pk}-step-ship-head" class="step-summary state-skipped"' in frame
+    assert "the saga has finished" in frame
+    assert f'id="order-summary-{order.pk}"' in frame and "compensated" in frame
     assert f'id="order-actions-{order.pk}"' in frame
     await communicator.disconnect()
 
