@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import F, FilteredRelation, Q
 from django.utils import timezone
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import (
@@ -398,23 +398,46 @@ def _stall_cutoff(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.SWEEPER_STALL_SECONDS)
 
 
-def stalled_orders(*, now: datetime, limit: int) -> list[Order]:
-    """Orders whose saga has gone quiet, never-checked ones first, then the longest unchecked.
+def stalled_orders_querysets(*, now: datetime) -> list:
+    """The two queries that find quiet active sagas, each a range scan of the order index
+    (saga_status, last_event_at): sagas whose last event is older than the cutoff, and
+    sagas that never recorded one and were placed before it.
 
-    One query over the (saga_status, last_event_at) index: healthy orders (recent events)
-    and finished ones are never read.
+    Two queries, not one with an OR: Postgres factors the shared status condition out of
+    an OR and may then read every active order's index entry and filter, a cost that grows
+    with the healthy ones. Each is joined to the order's open flag (at most one) to put
+    never-checked sagas first, then the longest unchecked.
     """
     cutoff = _stall_cutoff(now)
     recheck = now - timedelta(seconds=settings.SWEEPER_RECHECK_SECONDS)
-    open_flag_checked = StallFlag.objects.filter(order=OuterRef("pk"), cleared_at=None).values("checked_at")[:1]
-    quiet = Q(last_event_at__lt=cutoff) | Q(last_event_at=None, created_at__lt=cutoff)
-    return list(
-        Order.objects.filter(Q(saga_status__in=ACTIVE_SAGA_STATUSES) & quiet)
-        .annotate(flag_checked_at=Subquery(open_flag_checked))
-        .filter(Q(flag_checked_at=None) | Q(flag_checked_at__lt=recheck))
-        .order_by(F("flag_checked_at").asc(nulls_first=True), F("last_event_at").asc(nulls_first=True), "pk")
-        .only("pk", "number", "workflow_id", "saga_status", "current_step", "last_event_at", "created_at")[:limit]
-    )
+    quiet = [
+        Q(saga_status__in=ACTIVE_SAGA_STATUSES, last_event_at__lt=cutoff),
+        Q(saga_status__in=ACTIVE_SAGA_STATUSES, last_event_at=None, created_at__lt=cutoff),
+    ]
+    return [
+        Order.objects.filter(condition)
+        .annotate(open_flag=FilteredRelation("stall_flags", condition=Q(stall_flags__cleared_at=None)))
+        .filter(Q(open_flag__checked_at=None) | Q(open_flag__checked_at__lt=recheck))
+        .annotate(flag_checked_at=F("open_flag__checked_at"))
+        .order_by(F("open_flag__checked_at").asc(nulls_first=True), F("last_event_at").asc(nulls_first=True), "pk")
+        .only("pk", "number", "workflow_id", "saga_status", "current_step", "last_event_at", "created_at")
+        for condition in quiet
+    ]
+
+
+def _sweep_order_key(order: Order) -> tuple:
+    far_past = datetime.min.replace(tzinfo=UTC)
+    checked = order.flag_checked_at
+    return (checked is not None, checked or far_past, order.last_event_at or far_past, order.pk)
+
+
+def stalled_orders(*, now: datetime, limit: int) -> list[Order]:
+    """Up to `limit` quiet active sagas, never-checked ones first, then the longest unchecked.
+
+    Two index range scans: healthy orders (recent events) and finished ones are never read.
+    """
+    found = [order for qs in stalled_orders_querysets(now=now) for order in qs[:limit]]
+    return sorted(found, key=_sweep_order_key)[:limit]
 
 
 def _moved_or_finished() -> Q:
