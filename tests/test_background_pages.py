@@ -210,3 +210,14 @@ def test_beat_schedule_names_registered_tasks():
     assert sweeper["options"]["expires"] < sweeper["schedule"]
     nightly = settings.CELERY_BEAT_SCHEDULE["nightly-reconciliation"]["schedule"]
     assert nightly.hour == {settings.RECONCILIATION_HOUR_UTC} and nightly.minute == {15}
+
+
+def test_order_flag_tag_shows_the_finding_until_the_saga_moves():
+    order, = flagged_orders(1, kind=StallFlag.Kind.TERMINATED, detail="Workflow terminated outside the app")
+    tag = Template("{% load ops_background %}{% order_stall_flag order %}")
+    with CaptureQueriesContext(connection) as queries:
+        html = tag.render(Context({"order": order}))
+    assert len(queries) == 1
+    assert "Saga stalled: terminated outside the app." in html and f"({order.number})" in html
+    type(order).objects.filter(pk=order.pk).update(last_event_at=timezone.now())
+    assert "Saga stalled" not in tag.render(Context({"order": order}))
