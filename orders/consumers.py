@@ -104,6 +104,13 @@ class _Reader:
 _reader = _Reader()
 
 
+def reader_connection_close() -> None:
+    """Close the reader's connection now, not after the idle delay (a test suite about to
+    drop its database, a process shutting down)."""
+    # A lambda: `connection` must be looked up on the reader thread, not here.
+    _reader.pool.submit(lambda: connection.close()).result(timeout=10)
+
+
 async def database_read(fn: Callable, *args):
     """Run a read (a sync function using the ORM) on the reader thread."""
     return await sync_to_async(_reader.run, thread_sensitive=False, executor=_reader.pool)(fn, *args)

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.test import Client
 
 from orders.locks import lock_order
+from orders.consumers import reader_connection_close
 from orders.models import Order
 from orders.services.events import order_saga_state_set, saga_event_record
 from ordersite.asgi import application
@@ -24,6 +25,14 @@ from ordersite.asgi import application
 from .factories import make_order
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _close_socket_reads():
+    """The sockets read on their own thread, which keeps its connection for a moment after
+    the last read; close it so Postgres can drop the test database at the end."""
+    yield
+    reader_connection_close()
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ import re
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
+from orders.consumers import reader_connection_close
 from orders.models import Order
 from orders.status import SagaStatus
 
@@ -16,6 +18,14 @@ from .factories import make_product
 from .test_order_consumers import open_socket, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _close_socket_reads():
+    """The sockets read on their own thread, which keeps its connection for a moment after
+    the last read; close it so Postgres can drop the test database at the end."""
+    yield
+    reader_connection_close()
 
 
 async def test_order_created_on_the_page_is_rescued_and_shows_every_step_succeeded(saga_env, staff_user):
@@ -57,3 +67,5 @@ async def test_order_created_on_the_page_is_rescued_and_shows_every_step_succeed
                            ("validate", "reserve", "charge", "confirm", "ship", "notify")]
     assert f"by {operator.username}" in html and "gateway is back" in html
     assert "No operator action fits this order right now." in html
+    # The test client ran on asgiref's sync thread: close the connection it left there.
+    await sync_to_async(lambda: connection.close())()
