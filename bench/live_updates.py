@@ -32,7 +32,6 @@ import random
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,10 +142,10 @@ def prepare(order_count: int, id_base: int) -> tuple[list[int], str]:
     from django.db import connection
     from django.test import Client
 
+    from ops.roles import OPERATOR, staff_user_create
     from orders.models import Order
     from orders.services.catalog import product_create
     from orders.services.ordering import LineRequest, order_create
-    from ops.roles import OPERATOR, staff_user_create
 
     call_command("migrate", verbosity=0)
     # Redis pub/sub channels are global: start ids far from the small ids other runs on the

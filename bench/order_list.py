@@ -97,8 +97,8 @@ def measure(runs: int) -> list[tuple[str, float, float, int]]:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from orders.models import Order
     from ops.roles import VIEWER, staff_user_create
+    from orders.models import Order
 
     user = staff_user_create(username="list-bench-viewer", password="list-bench-pass", role=VIEWER)
     client = Client()

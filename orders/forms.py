@@ -177,7 +177,7 @@ class OrderCreateForm(forms.Form):
         return cleaned
 
     def _total(self, quantities: dict[int, int]) -> Decimal:
-        return sum((self.products[pid].price * qty for pid, qty in quantities.items()), Decimal("0"))
+        return sum((self.products[pid].price * qty for pid, qty in quantities.items()), Decimal(0))
 
     def add_service_errors(self, errors: dict[str, str]) -> None:
         """Show order_create's OrderRejected.errors on the matching fields."""
@@ -244,7 +244,7 @@ class OrderCreateForm(forms.Form):
         """The total of the lines entered so far that parse (for the live preview)."""
         if not self.is_bound:
             return None
-        total = Decimal("0")
+        total = Decimal(0)
         for i in self.indices:
             product = self.products.get(self._raw_int(f"line-{i}-product"))
             quantity = self._raw_int(f"line-{i}-quantity")

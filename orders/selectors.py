@@ -17,7 +17,16 @@ from django.utils import timezone
 from ops.models import OperatorAction
 from ops.services import ACTION_PERMISSIONS, operator_action_check
 
-from .models import FollowUp, NotificationAttempt, Order, OrderLine, Payment, Product, Reservation, SagaEvent
+from .models import (
+    FollowUp,
+    NotificationAttempt,
+    Order,
+    OrderLine,
+    Payment,
+    Product,
+    Reservation,
+    SagaEvent,
+)
 from .saga.shared import STEP_LABELS, StepName
 from .status import TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
 
@@ -387,8 +396,8 @@ ACTION_COPY = {
     "retry": ("Retry step", "runs the failed step again",
               "Retry the {step} step of {number}? The saga runs the failed step again."),
     "compensate": ("Compensate", "rolls back every completed step and ends the order as failed",
-                   "Compensate {number}? Every completed step is undone (refund, restock, release) "
-                   "and the order ends as failed."),
+                   ("Compensate {number}? Every completed step is undone (refund, restock, release) "
+                    "and the order ends as failed.")),
     "cancel": ("Cancel order", "stops the saga and undoes what it did",
                "Cancel {number}? The saga stops and undoes every completed step; the customer is not charged."),
     "resend": ("Resend notification", "tries to notify the customer again",
@@ -530,8 +539,8 @@ def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[
         reservations=list(order.reservations.all()) if "stock" in sections else [],
         payments=payments,
         money=MoneySummary(
-            charged=sum((p.amount for p in payments if p.kind == Payment.Kind.CHARGE), Decimal("0")),
-            refunded=sum((p.amount for p in payments if p.kind == Payment.Kind.REFUND), Decimal("0")),
+            charged=sum((p.amount for p in payments if p.kind == Payment.Kind.CHARGE), Decimal(0)),
+            refunded=sum((p.amount for p in payments if p.kind == Payment.Kind.REFUND), Decimal(0)),
         ),
         shipment=shipment,
         notifications=list(order.notifications.all()) if "notify" in sections else [],

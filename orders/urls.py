@@ -1,7 +1,11 @@
 from django.urls import path
 
 from .views.actions import order_action_view
-from .views.create import order_create_line_view, order_create_validate_view, order_create_view
+from .views.create import (
+    order_create_line_view,
+    order_create_validate_view,
+    order_create_view,
+)
 from .views.detail import order_detail_view
 from .views.list import order_list_view
 

@@ -16,8 +16,8 @@ from channels.testing import WebsocketCommunicator
 from django.db import transaction
 from django.test import Client
 
-from orders.locks import lock_order
 from orders.consumers import reader_connection_close
+from orders.locks import lock_order
 from orders.models import Order
 from orders.services.events import order_saga_state_set, saga_event_record
 from ordersite.asgi import application

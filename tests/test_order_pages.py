@@ -264,7 +264,7 @@ def test_detail_query_count_does_not_grow_with_events_or_rows(client_as):
     events_add(order, [("validate", "started", ""), ("validate", "succeeded", "ok")])
     few = _count_detail_queries(client, order)
     events_add(order, [("charge", "failed", f"attempt {i}", i) for i in range(38)])
-    Payment.objects.create(order=order, kind="charge", amount=Decimal("10"), currency="EUR",
+    Payment.objects.create(order=order, kind="charge", amount=Decimal(10), currency="EUR",
                            idempotency_key="k1", gateway_reference="r1")
     many = _count_detail_queries(client, order)
     assert SagaEvent.objects.filter(order=order).count() == 40
@@ -416,7 +416,7 @@ def test_create_form_bad_input_gives_field_errors_and_creates_nothing(client_as,
     response = client.post(reverse("orders:create"), _create_data(product, **overrides))
     assert response.status_code == 400
     html = response.content.decode()
-    slot = re.search(rf'<ul id="error-{field}"[^>]*>(.*?)</ul>', html, re.S)
+    slot = re.search(rf'<ul id="error-{field}"[^>]*>(.*?)</ul>', html, re.DOTALL)
     assert slot and message in slot.group(1), html
     assert "The order was not created" in html
     assert not Order.objects.exists()
@@ -479,7 +479,7 @@ def test_live_validation_reports_and_clears_each_field(client_as):
     assert response.status_code == 200
 
     def slot(name):
-        return re.search(rf'<ul id="error-{name}" [^>]*hx-swap-oob="true">(.*?)</ul>', html, re.S).group(1)
+        return re.search(rf'<ul id="error-{name}" [^>]*hx-swap-oob="true">(.*?)</ul>', html, re.DOTALL).group(1)
 
     assert "Enter a valid email address." in slot("customer_email")
     assert slot("customer_name") == ""  # untouched fields are not shouted at while typing

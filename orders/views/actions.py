@@ -21,7 +21,12 @@ from ops.services import ActionNotAllowed, operator_action_request
 
 from ..forms import OperatorActionForm
 from ..models import Order
-from ..selectors import ACTION_ORDER, order_actions, order_for_actions, user_action_permissions
+from ..selectors import (
+    ACTION_ORDER,
+    order_actions,
+    order_for_actions,
+    user_action_permissions,
+)
 from .common import safe_next
 
 SUCCESS_MESSAGES = {

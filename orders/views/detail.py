@@ -5,7 +5,12 @@ from django.shortcuts import render
 
 from ops.permissions import staff_required
 
-from ..selectors import OrderDetail, order_actions, order_detail, user_action_permissions
+from ..selectors import (
+    OrderDetail,
+    order_actions,
+    order_detail,
+    user_action_permissions,
+)
 from .common import can_create_orders
 
 
