@@ -273,7 +273,6 @@ def main(argv=None) -> None:
         django.setup()
         from django.conf import settings
         from django.core.management import call_command
-        from django.db import connection
 
         settings.TEMPORAL_ADDRESS = server.address
         call_command("migrate", verbosity=0)

@@ -29,7 +29,7 @@ def stall_flags_card_html(context: dict) -> str:
 
 
 class StallFlagsConsumer(AsyncWebsocketConsumer):
-    groups: list[str] = []
+    groups: tuple = ()  # joined in connect, after the permission check
 
     async def connect(self):
         self._shown: set[int] = set()
@@ -43,7 +43,7 @@ class StallFlagsConsumer(AsyncWebsocketConsumer):
         # render or announced afterwards.
         for group in (FLAGS_GROUP, OPS_GROUP):
             await self.channel_layer.group_add(group, self.channel_name)
-        self.groups = [FLAGS_GROUP, OPS_GROUP]
+        self.groups = (FLAGS_GROUP, OPS_GROUP)
         await self._send_from_database()
 
     async def disconnect(self, code):

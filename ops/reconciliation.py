@@ -31,7 +31,12 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
-from orders.status import ORDER_STATUS_AFTER_SAGA, TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
+from orders.status import (
+    ORDER_STATUS_AFTER_SAGA,
+    TERMINAL_SAGA_STATUSES,
+    OrderStatus,
+    SagaStatus,
+)
 from orders.temporal_client import run_with_client
 
 from .models import Discrepancy, ReconciliationRun

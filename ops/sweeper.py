@@ -568,10 +568,10 @@ def stall_flags_record(*, orders: Iterable[Order], findings: dict[int, Finding],
     created, updated = [], []
     for order in orders:
         finding = findings[order.pk]
-        values = dict(
-            kind=finding.kind, detail=finding.detail[:2000], workflow_status=finding.workflow_status,
-            task_queue=finding.task_queue[:200], attempt=finding.attempt, checked_at=now,
-        )
+        values = {
+            "kind": finding.kind, "detail": finding.detail[:2000], "workflow_status": finding.workflow_status,
+            "task_queue": finding.task_queue[:200], "attempt": finding.attempt, "checked_at": now,
+        }
         flag = open_flags.get(order.pk)
         if flag is None:
             created.append(StallFlag(order=order, order_last_event_at=order.last_event_at, **values))
@@ -676,7 +676,9 @@ def _restart_unstarted(order: Order) -> tuple[Finding, bool]:
     """A pending order with no workflow: Temporal was down when it was placed. Start it."""
     if not settings.SWEEPER_RESTART_UNSTARTED or not order.workflow_id:
         return Finding(Kind.WORKFLOW_MISSING, "The saga was never started: no workflow exists for this order.", "not found"), False
-    from orders.services.saga import saga_start  # orders.services imports broadcast, not ops
+    from orders.services.saga import (
+        saga_start,  # orders.services imports broadcast, not ops
+    )
 
     if saga_start(order_id=order.pk):
         detail = "The saga had never started (no workflow existed); the sweeper started it again."

@@ -25,7 +25,6 @@ from orders.models import Order
 from orders.saga.worker import build_workers
 from ordersite.celery import app as celery_app
 
-
 # A queue of our own, set when this plugin loads (at collection, before any task is sent):
 # a developer's `make run` worker on the same Redis never takes these tests' tasks, and
 # these tests never take theirs.
@@ -35,10 +34,9 @@ celery_app.conf.task_default_queue = f"test-background-{uuid.uuid4().hex[:8]}"
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker):
     app = celery_app
-    with django_db_blocker.unblock():
-        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                          shutdown_timeout=60, loglevel="WARNING") as worker:
-            yield worker
+    with django_db_blocker.unblock(), start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
+                                                   shutdown_timeout=60, loglevel="WARNING") as worker:
+        yield worker
 
 
 @dataclass

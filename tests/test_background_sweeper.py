@@ -18,7 +18,11 @@ from temporalio.api.enums.v1 import (
     TimeoutType,
     WorkflowExecutionStatus,
 )
-from temporalio.api.failure.v1 import ApplicationFailureInfo, Failure, TimeoutFailureInfo
+from temporalio.api.failure.v1 import (
+    ApplicationFailureInfo,
+    Failure,
+    TimeoutFailureInfo,
+)
 from temporalio.api.workflow.v1 import PendingActivityInfo, PendingWorkflowTaskInfo
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionResponse
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -270,7 +274,7 @@ async def test_workflow_terminated_with_the_cli_is_flagged_as_terminated_outside
         "--reason", "cleanup by hand", "--address", temporal_server.address,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    out, err = await terminate.communicate()
+    _, err = await terminate.communicate()
     assert terminate.returncode == 0, err.decode()
     await asyncio.sleep(1.5)
 
