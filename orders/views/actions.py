@@ -65,11 +65,13 @@ def order_action_view(request, pk: int, action: str):
 
 
 def _outcome_message(audit: OperatorAction) -> str:
-    number = audit.order.number
+    number, what = audit.order.number, audit.get_action_display().lower()
     if audit.outcome == OperatorAction.Outcome.FAILED:
-        return f"The {audit.get_action_display()} for {number} was recorded but could not be sent: {audit.outcome_detail}"
+        # The technical reason is in the audit row; the message says what to do.
+        return (f"The {what} for {number} is in the audit log but could not be sent: the saga service "
+                f"did not answer. Nothing changed; try again in a moment.")
     if audit.outcome == OperatorAction.Outcome.IGNORED:
-        return f"The saga of {number} ignored the {audit.get_action_display()}: {audit.outcome_detail}"
+        return f"The saga of {number} ignored the {what}: {audit.outcome_detail}"
     return SUCCESS_MESSAGES[audit.action].format(number=number)
 
 
