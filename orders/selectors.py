@@ -158,7 +158,8 @@ def order_list(filters: OrderListFilters, *, page: int = 1, per_page: int = 50) 
     else:
         matched = qs.order_by()[: COUNT_CAP + 1].count()
         total = matched if matched <= COUNT_CAP else None
-    return OrderListPage(orders=rows, number=page, per_page=per_page, has_next=has_next, total=total)
+    return OrderListPage(orders=rows, number=page, per_page=per_page, has_next=has_next, total=total,
+                         count_cap=COUNT_CAP)
 
 
 def order_row_get(order_id: int) -> Order | None:

@@ -213,6 +213,15 @@ def test_list_pages_without_overlap(client_as):
     assert "Showing 51–55 of 55 orders" in second and 'rel="prev"' in second
 
 
+def test_list_count_stops_at_the_cap(client_as, monkeypatch):
+    monkeypatch.setattr("orders.selectors.COUNT_CAP", 20)
+    product = make_product(stock=1000)
+    for _ in range(60):
+        order_in_state(products=[(product, 1)])
+    html = client_as("viewer").get(reverse("orders:list")).content.decode()
+    assert "Showing 1–50 of more than 20 orders." in html and 'rel="next"' in html
+
+
 def test_list_htmx_filter_renders_only_the_table(client_as):
     order_in_state()
     client = client_as("viewer")
