@@ -600,9 +600,12 @@ class CustomerOrderStatus:
     confirmation_sent: bool
 
 
+_PUBLIC_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what secrets.token_urlsafe makes
+
+
 def order_by_public_token(token: str) -> Order | None:
-    if not token or len(token) > 64:
-        return None
+    if not _PUBLIC_TOKEN.match(token or ""):
+        return None  # not a token we could have issued (and no NUL bytes for Postgres)
     return Order.objects.filter(public_token=token).first()
 
 

@@ -81,6 +81,8 @@ def test_no_staff_only_data_on_the_page(client):
 def test_unknown_token_is_404_and_the_page_needs_no_login(client):
     assert client.get(reverse("customer:status", args=["no-such-token"])).status_code == 404
     assert client.get(reverse("customer:status", args=["x" * 100])).status_code == 404
+    assert client.get("/status/ab%00cd/").status_code == 404
+    assert client.get("/status/%C3%BC%C3%BC/").status_code == 404
     order = order_after([])
     response = client.get(reverse("customer:status", args=[order.public_token]))
     assert response.status_code == 200
