@@ -8,8 +8,8 @@ the browser with Playwright's async API on the same event loop as the workers.
 
 import asyncio
 import gc
+import importlib.util
 import os
-import runpy
 import socket
 import threading
 import time
@@ -118,8 +118,12 @@ def web_server(django_db_setup):
     # A fresh instance of the real ASGI module: whitenoise reads its settings when the app
     # is built, and pytest-django has set DEBUG off by now, which would leave the vendored
     # htmx unserved without collectstatic. Serving from the finders is what `make run` does.
+    # (Executed from its spec, so an instance other tests imported is left alone.)
+    spec = importlib.util.find_spec("ordersite.asgi")
+    module = importlib.util.module_from_spec(spec)
     with override_settings(WHITENOISE_USE_FINDERS=True, STATIC_ROOT=None):
-        app = runpy.run_module("ordersite.asgi")["application"]
+        spec.loader.exec_module(module)
+    app = module.application
     server = LiveServer(app)
     server.start()
     yield server
