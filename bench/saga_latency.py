@@ -97,7 +97,7 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
-async def main(args) -> None:
+async def measure(args, server):
     from asgiref.sync import sync_to_async
     from django.conf import settings
     from temporalio.client import Client
@@ -106,9 +106,7 @@ async def main(args) -> None:
     from orders.models import Order
     from orders.saga.worker import build_workers
     from tests.factories import make_order, make_product
-    from tests.temporal_server import DevServer
 
-    server = DevServer().start()
     settings.TEMPORAL_ADDRESS = server.address
     suffix = uuid.uuid4().hex[:6]
     settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE = f"orders-{suffix}", f"payments-{suffix}"
@@ -156,7 +154,21 @@ async def main(args) -> None:
     finally:
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*runs, return_exceptions=True)
-        server.stop()
+
+    return bare_lat, saga_lat, bare_tput, saga_tput, breakdown
+
+
+async def main(args) -> None:
+    from django.conf import settings
+
+    from tests.temporal_server import DevServer
+
+    server = DevServer().start()
+    try:
+        results = await measure(args, server)
+    finally:
+        server.stop()  # also when the run fails: no dev server left behind
+    bare_lat, saga_lat, bare_tput, saga_tput, breakdown = results
 
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     print(f"database: {engine}; sequential runs: {args.sequential}; in flight for throughput: {args.concurrent}")

@@ -7,7 +7,10 @@ from .saga.shared import STEP_LABELS, TERMINAL_SAGA_STATES, SagaState, StepName
 # Built from the saga's own enums so the workflow (which cannot import Django) and the
 # database agree on every value.
 Step = models.TextChoices("Step", [(s.name, (s.value, STEP_LABELS[s])) for s in StepName])
-SagaStatus = models.TextChoices("SagaStatus", [(s.name, (s.value, s.value.replace("_", " "))) for s in SagaState])
+SagaStatus = models.TextChoices(
+    "SagaStatus",
+    [(s.name, (s.value, "needs follow-up" if s == SagaState.NEEDS_FOLLOWUP else s.value)) for s in SagaState],
+)
 TERMINAL_SAGA_STATUSES = {s.value for s in TERMINAL_SAGA_STATES}
 
 

@@ -20,8 +20,17 @@ from temporalio.service import RPCError
 from orders.models import Order
 from orders.saga.worker import build_workers
 
+from .db_threads import close_connections_of_other_threads
 from .invariants import assert_invariants
 from .temporal_server import DevServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_thread_connections_at_end(django_db_setup, django_db_blocker):
+    """Set up after (so torn down before) the test database: closes what other threads hold."""
+    yield
+    with django_db_blocker.unblock():
+        close_connections_of_other_threads()
 
 
 @pytest.fixture(scope="session")

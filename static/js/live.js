@@ -1,10 +1,33 @@
-// Shows a visible banner while any websocket on the page is disconnected.
+// The "live updates disconnected" banner: shown while ANY websocket on the page is down.
+// A close with an application code (4000+, e.g. 4403 not allowed, 4404 unknown order) is
+// final: htmx does not reconnect then, so the banner says to reload instead.
 (function () {
-  function banner(show) {
+  var down = new Set();
+  var finalClose = false;
+
+  function render() {
     var el = document.getElementById("live-status");
-    if (el) el.hidden = !show;
+    if (!el) return;
+    el.hidden = down.size === 0;
+    el.textContent = finalClose
+      ? "Live updates stopped. Reload the page to see the latest state."
+      : "Live updates disconnected: reconnecting…";
   }
-  document.addEventListener("htmx:wsOpen", function () { banner(false); });
-  document.addEventListener("htmx:wsClose", function () { banner(true); });
-  document.addEventListener("htmx:wsError", function () { banner(true); });
+  function socketOf(event) {
+    return (event.detail && event.detail.elt) || event.target;
+  }
+  document.addEventListener("htmx:wsOpen", function (event) {
+    down.delete(socketOf(event));
+    render();
+  });
+  document.addEventListener("htmx:wsClose", function (event) {
+    var code = event.detail && event.detail.event && event.detail.event.code;
+    if (code >= 4000) finalClose = true;
+    down.add(socketOf(event));
+    render();
+  });
+  document.addEventListener("htmx:wsError", function (event) {
+    down.add(socketOf(event));
+    render();
+  });
 })();

@@ -7,7 +7,6 @@ the browser with Playwright's async API on the same event loop as the workers.
 """
 
 import asyncio
-import gc
 import importlib.util
 import os
 import socket
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
+
+from tests.db_threads import close_connections_of_other_threads
 from django.test import Client, override_settings
 from playwright.async_api import async_playwright, expect
 
@@ -129,22 +130,6 @@ def web_server(django_db_setup):
     yield server
     server.stop()
     close_connections_of_other_threads()
-
-
-def close_connections_of_other_threads() -> None:
-    """Postgres refuses to drop the test database while any session is open on it. Two
-    long-lived threads keep theirs: the websockets' reader (it would close it after 2 s
-    idle) and asgiref's shared thread behind the tests' sync_to_async calls. Connections of
-    threads that have ended (request and activity threads) wait in reference cycles for
-    the garbage collector."""
-    from asgiref.sync import SyncToAsync
-    from django.db import connections
-
-    from orders.consumers import _reader
-
-    for executor in (_reader.pool, SyncToAsync.single_thread_executor):
-        executor.submit(connections.close_all).result(10)
-    gc.collect()
 
 
 @pytest.fixture

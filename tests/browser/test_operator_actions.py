@@ -107,7 +107,7 @@ async def test_notification_failure_is_resolved_from_the_followup_queue(saga_env
     await detail.goto(f"/orders/{order.pk}/")
     await detail_watch.arm()
     await expect_state(detail, order.pk, "notify", "followup")
-    await expect_order_status(detail, order.pk, "Processing", "Needs followup")
+    await expect_order_status(detail, order.pk, "Processing", "Needs follow-up")
 
     # ...while the queue is worked in another.
     queue = await context.new_page()
