@@ -6,7 +6,7 @@ however many rows there are.
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import BooleanField, Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
 from orders.models import FollowUp, Order, SagaEvent
@@ -134,6 +134,13 @@ def _with_last_action(followups: QuerySet[FollowUp]) -> QuerySet[FollowUp]:
         last_action=Subquery(last.values("action")[:1]),
         last_action_outcome=Subquery(last.values("outcome")[:1]),
         last_action_at=Subquery(last.values("created_at")[:1]),
+    ).annotate(
+        # Asked for, but the saga has not answered yet: the row offers no second click.
+        last_action_pending=Case(
+            When(last_action_outcome__in=[OperatorAction.Outcome.REQUESTED, OperatorAction.Outcome.SENT], then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        ),
     )
 
 

@@ -251,3 +251,16 @@ def test_row_endpoint_renders_one_row_for_every_staff_role(client_as):
 def test_row_endpoint_needs_a_staff_login(client):
     followup = followup_order()
     assert client.get(reverse("ops:followup_row", args=[followup.pk])).status_code == 302
+
+
+@pytest.mark.parametrize("outcome, waiting", [("sent", True), ("requested", True), ("applied", False), ("ignored", False)])
+def test_row_waits_for_the_saga_after_a_resend_or_resolve(client_as, staff_user, outcome, waiting):
+    from .test_ops_data import audit_row
+
+    followup = followup_order()
+    audit_row(followup.order, staff_user("support"), action="resolved", outcome=outcome)
+    html = client_as("support").get(reverse("ops:followup_row", args=[followup.pk])).content.decode()
+    assert ("waiting for the saga" in html) is waiting
+    # While the saga has not answered: no second click, and the row asks again every second.
+    assert ("Mark resolved</button>" in html) is not waiting
+    assert ("every 1s" in html) is waiting
