@@ -192,9 +192,11 @@ def record(order_id: int, step: str, kind: str, detail: str, attempt: int) -> tu
     return event.pk, stamp["committed"]
 
 
-async def drive(order_ids: list[int], rate: float, workers: int) -> dict[int, tuple[int, int]]:
-    """Every saga records its events at `rate` per second, phases spread; returns
-    event id -> (order id, commit time)."""
+async def drive(order_ids: list[int], rate: float, workers: int, spread: float) -> dict[int, tuple[int, int]]:
+    """Every saga records its events at `rate` per second; returns event id -> (order id,
+    commit time). Sagas start evenly over `spread` seconds (at least one event interval):
+    with a short spread they run in lockstep, each hitting its heavier events (start,
+    shipping, follow-up, finish) together with the others, the worst case for the tail."""
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-saga")
     committed: dict[int, tuple[int, int]] = {}
@@ -210,7 +212,8 @@ async def drive(order_ids: list[int], rate: float, workers: int) -> dict[int, tu
             committed[event_id] = (order_id, at)
             next_at += interval
 
-    await asyncio.gather(*(saga(order_id, interval * i / len(order_ids)) for i, order_id in enumerate(order_ids)))
+    window = max(spread, interval)
+    await asyncio.gather(*(saga(order_id, window * i / len(order_ids)) for i, order_id in enumerate(order_ids)))
     pool.shutdown(wait=True)
     if lags and max(lags) > interval:
         print(f"note: the driver fell behind its schedule by up to {max(lags) * 1000:.0f} ms")
@@ -232,6 +235,9 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=20, help="orders watched, one busy saga each")
     parser.add_argument("--rate", type=float, default=2.0, help="saga events per second per saga")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="start the sagas evenly over this many seconds (default: within one event interval, "
+                             "i.e. in lockstep)")
     parser.add_argument("--target-ms", type=float, default=20.0, help="p99 aim, for the verdict line")
     parser.add_argument("--no-deflate", action="store_true", help="clients do not negotiate permessage-deflate")
     parser.add_argument("--debug", action="store_true", help="run the server with DEBUG=1 (default: DEBUG=0, as deployed)")
@@ -288,7 +294,7 @@ def main() -> int:
         client_cpu_before = client_process.cpu_times().user + client_process.cpu_times().system
         print(f"{len(targets)} sockets connected in {connect_seconds:.1f} s; driving {args.orders} sagas...", flush=True)
         started = time.perf_counter()
-        committed = asyncio.run(drive(order_ids, args.rate, workers=4))
+        committed = asyncio.run(drive(order_ids, args.rate, workers=4, spread=args.spread))
         drive_seconds = time.perf_counter() - started
         time.sleep(3)  # let the last frames land
         cpu_used = sum(p.cpu_times().user + p.cpu_times().system for p in processes) - cpu_before
@@ -333,8 +339,9 @@ def main() -> int:
     events = len(committed)
     database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
 
+    start = f"started over {args.spread:g} s" if args.spread > 1 / args.rate else "in lockstep"
     print(f"Live updates: {args.clients} sockets on {args.orders} order-detail pages, {args.orders} sagas x "
-          f"{len(SAGA_EVENTS)} events at {args.rate:g}/s each ({events / drive_seconds:.0f} events/s); "
+          f"{len(SAGA_EVENTS)} events at {args.rate:g}/s each, {start} ({events / drive_seconds:.0f} events/s); "
           f"uvicorn x{args.workers} (DEBUG={int(args.debug)}, permessage-deflate {'off' if args.no_deflate else 'on'}), "
           f"{database}, {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]} on {settings.REDIS_URL}")
     print(f"  sockets connected with their first render in {connect_seconds:.2f} s")
