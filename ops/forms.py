@@ -2,6 +2,7 @@
 
 from django import forms
 
+from orders.forms import DateRangeCheck
 from orders.status import Step
 
 from .followups import NOTE_MAX_LENGTH
@@ -28,7 +29,7 @@ class FollowUpNoteForm(forms.Form):
     )
 
 
-class AuditFilterForm(forms.Form):
+class AuditFilterForm(DateRangeCheck, forms.Form):
     action = forms.ChoiceField(choices=[("", "Any action"), *OperatorAction.Action.choices], required=False)
     outcome = forms.ChoiceField(choices=[("", "Any outcome"), *OperatorAction.Outcome.choices], required=False)
     actor = forms.CharField(label="Staff username", max_length=150, required=False)
@@ -36,12 +37,6 @@ class AuditFilterForm(forms.Form):
     date_from = forms.DateField(label="From (date)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label="To (date)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
 
-    def clean(self):
-        cleaned = super().clean()
-        start, end = cleaned.get("date_from"), cleaned.get("date_to")
-        if start and end and start > end:
-            self.add_error("date_to", "The end date is before the start date.")
-        return cleaned
 
     def filters(self) -> AuditFilters:
         """The valid filters; a field with an error is left out (and shown with its error)."""

@@ -26,7 +26,18 @@ SORT_LABELS = {
 }
 
 
-class OrderFilterForm(forms.Form):
+class DateRangeCheck:
+    """For filter forms with date_from/date_to: an end before the start is an error."""
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("date_from"), cleaned.get("date_to")
+        if start and end and start > end:
+            self.add_error("date_to", "The end date is before the start date.")
+        return cleaned
+
+
+class OrderFilterForm(DateRangeCheck, forms.Form):
     """The list's filters. Invalid values are reported and then ignored, never a 500."""
 
     q = forms.CharField(required=False, max_length=200, label="Search",
@@ -41,12 +52,6 @@ class OrderFilterForm(forms.Form):
     date_to = forms.DateField(required=False, label="Created to", widget=forms.DateInput(attrs={"type": "date"}))
     sort = forms.ChoiceField(required=False, choices=[(k, SORT_LABELS[k]) for k in LIST_SORTS], label="Sort by")
 
-    def clean(self):
-        cleaned = super().clean()
-        start, end = cleaned.get("date_from"), cleaned.get("date_to")
-        if start and end and start > end:
-            self.add_error("date_to", "The end date is before the start date.")
-        return cleaned
 
     def filters(self) -> OrderListFilters:
         """The valid part of the input as filters (call after is_valid())."""

@@ -16,13 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
-from asgiref.sync import sync_to_async
 from celery.contrib.testing.worker import start_worker
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.client import Client
 
-from orders.models import Order
 from orders.saga.worker import build_workers
+from tests.temporal_server import end_open_workflows
 from ordersite.celery import app as celery_app
 
 # A queue of our own, set when this plugin loads (at collection, before any task is sent):
@@ -56,20 +54,6 @@ class WorkerEnv:
         self.runs += [asyncio.create_task(w.run()) for w in workers]
 
 
-async def _end_open_workflows(client: Client) -> None:
-    workflow_ids = await sync_to_async(
-        lambda: list(Order.objects.exclude(workflow_id=None).values_list("workflow_id", flat=True))
-    )()
-    for workflow_id in workflow_ids:
-        for wid in (workflow_id, workflow_id.replace("order-", "delivery-")):
-            try:
-                handle = client.get_workflow_handle(wid)
-                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                    await handle.terminate("test finished")
-            except RPCError:
-                pass
-
-
 @pytest.fixture
 async def orders_only_env(transactional_db, temporal_server, settings):
     suffix = uuid.uuid4().hex[:8]
@@ -82,7 +66,7 @@ async def orders_only_env(transactional_db, temporal_server, settings):
     try:
         yield env
     finally:
-        await _end_open_workflows(client)
+        await end_open_workflows(client)
         await asyncio.gather(*(w.shutdown() for w in env.workers), return_exceptions=True)
         await asyncio.gather(*env.runs, return_exceptions=True)
         env.executor.shutdown(wait=True)

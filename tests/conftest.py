@@ -14,15 +14,14 @@ from dataclasses import dataclass
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.service import RPCError
+from temporalio.client import Client, WorkflowFailureError
 
 from orders.models import Order
 from orders.saga.worker import build_workers
 
 from .db_threads import close_connections_of_other_threads
 from .invariants import assert_invariants
-from .temporal_server import DevServer
+from .temporal_server import DevServer, end_open_workflows
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,18 +110,7 @@ async def saga_env(request, transactional_db, temporal_server, settings):
     try:
         yield env
     finally:
-        # Sagas left waiting (stuck, follow-up) would hold their ids: end them.
-        workflow_ids = await sync_to_async(
-            lambda: list(Order.objects.exclude(workflow_id=None).values_list("workflow_id", flat=True))
-        )()
-        for workflow_id in workflow_ids:
-            for wid in (workflow_id, workflow_id.replace("order-", "delivery-")):
-                try:
-                    handle = client.get_workflow_handle(wid)
-                    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                        await handle.terminate("test finished")
-                except RPCError:
-                    pass
+        await end_open_workflows(client)
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*runs, return_exceptions=True)
         executor.shutdown(wait=True)

@@ -59,3 +59,25 @@ class DevServer:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+async def end_open_workflows(client) -> None:
+    """Terminate the sagas (and their delivery trackers) a test left waiting: a stuck or
+    follow-up saga would otherwise hold its workflow id into the next test."""
+    from asgiref.sync import sync_to_async
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    from orders.models import Order
+
+    workflow_ids = await sync_to_async(
+        lambda: list(Order.objects.exclude(workflow_id=None).values_list("workflow_id", flat=True))
+    )()
+    for workflow_id in workflow_ids:
+        for wid in (workflow_id, workflow_id.replace("order-", "delivery-")):
+            try:
+                handle = client.get_workflow_handle(wid)
+                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate("test finished")
+            except RPCError:
+                pass

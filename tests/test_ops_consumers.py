@@ -12,43 +12,19 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
 from orders.broadcast import OPS_GROUP
 from ops import consumers
-from ordersite.asgi import application
 
 from .test_ops_data import record_event, stuck_order
+from .websockets import open_socket, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def session_cookie_for(user) -> str:
-    client = Client()
-    client.force_login(user)
-    return client.cookies["sessionid"].value
-
-
 async def connect(user=None, path: str = "/ws/ops/") -> WebsocketCommunicator:
-    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
-    if user is not None:
-        cookie = await sync_to_async(session_cookie_for)(user)
-        headers.append((b"cookie", f"sessionid={cookie}".encode()))
-    communicator = WebsocketCommunicator(application, path, headers=headers)
-    connected, _ = await communicator.connect(timeout=5)
-    assert connected
-    return communicator
+    return await open_socket(path, user)
 
-
-async def receive_until(communicator: WebsocketCommunicator, needle: str, timeout: float = 5) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no message containing {needle!r} within {timeout}s")
-        html = await communicator.receive_from(timeout=remaining)
-        if needle in html:
-            return html
 
 
 async def test_without_a_session_the_socket_is_closed_with_4403():

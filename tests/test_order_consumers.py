@@ -7,14 +7,12 @@ broadcast bridge, Redis, the consumer. Other test runs may share this Redis, so 
 wait for their own (uniquely worded) event instead of counting on silence.
 """
 
-import time
 import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import transaction
-from django.test import Client
 
 from orders.consumers import reader_connection_close
 from orders.locks import lock_order
@@ -23,6 +21,7 @@ from orders.services.events import order_saga_state_set, saga_event_record
 from ordersite.asgi import application
 
 from .factories import make_order
+from .websockets import open_socket, receive_until, session_cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,34 +52,6 @@ def record_event(order_id: int, *, step: str, kind: str, detail: str = "", attem
         if state:
             order_saga_state_set(order, **state)
         saga_event_record(order, kind=kind, step=step, detail=detail, attempt=attempt)
-
-
-def session_cookie_for(user) -> str:
-    client = Client()
-    client.force_login(user)
-    return client.cookies["sessionid"].value
-
-
-async def open_socket(path: str, user=None) -> WebsocketCommunicator:
-    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
-    if user is not None:
-        cookie = await sync_to_async(session_cookie_for)(user)
-        headers.append((b"cookie", f"sessionid={cookie}".encode()))
-    communicator = WebsocketCommunicator(application, path, headers=headers)
-    connected, _ = await communicator.connect(timeout=5)
-    assert connected
-    return communicator
-
-
-async def receive_until(communicator: WebsocketCommunicator, needle: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no frame containing {needle!r} within {timeout}s")
-        html = await communicator.receive_from(timeout=remaining)
-        if needle in html:
-            return html
 
 
 async def assert_closed_with(communicator: WebsocketCommunicator, code: int) -> None:

@@ -15,7 +15,7 @@ from orders.status import SagaStatus
 
 from .conftest import order_state, wait_for
 from .factories import make_product
-from .test_order_consumers import open_socket, receive_until
+from .websockets import open_socket, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
