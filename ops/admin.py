@@ -2,11 +2,13 @@
 
 from django.contrib import admin
 
+from orders.admin import ViewOnlyAdmin
+
 from .models import OperatorAction
 
 
 @admin.register(OperatorAction)
-class OperatorActionAdmin(admin.ModelAdmin):
+class OperatorActionAdmin(ViewOnlyAdmin):
     list_display = ["created_at", "action", "order", "actor", "outcome", "short_reason"]
     list_filter = ["action", "outcome", "created_at"]
     search_fields = ["order__number", "actor__username", "reason"]
@@ -16,15 +18,6 @@ class OperatorActionAdmin(admin.ModelAdmin):
     fields = readonly_fields = [
         "created_at", "updated_at", "order", "action", "actor", "reason", "outcome", "outcome_detail",
     ]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Reason")
     def short_reason(self, obj):

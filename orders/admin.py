@@ -36,6 +36,19 @@ def _staff_order_url(order_id: int) -> str | None:
 # --- products -----------------------------------------------------------------------------
 
 
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows the admin may look at but never add, change or delete: the services own them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class RestockActionForm(ActionForm):
     # A plain text field here: an invalid number would make the admin drop the whole action
     # with "No action selected"; the restock action checks it and says what is wrong.
@@ -164,7 +177,8 @@ class FollowUpInline(ReadOnlyInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ViewOnlyAdmin):
+    # Orders are placed on the staff pages and moved only by their saga.
     list_display = [
         "number", "customer", "status", "saga_status", "current_step", "total", "created_at", "created_by", "staff_page",
     ]
@@ -187,15 +201,6 @@ class OrderAdmin(admin.ModelAdmin):
     ]
     actions = ["retry", "compensate", "resend"]
 
-    # Orders are placed on the staff pages and moved only by their saga.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_operate_saga_permission(self, request):
         return request.user.has_perm(OPERATE_SAGAS)
@@ -254,7 +259,7 @@ class OrderAdmin(admin.ModelAdmin):
 
 
 @admin.register(FollowUp)
-class FollowUpAdmin(admin.ModelAdmin):
+class FollowUpAdmin(ViewOnlyAdmin):
     """The follow-up list; claiming, notes, resend and resolve live on the follow-up queue."""
 
     list_display = ["order", "customer", "state", "short_reason", "claimed_by", "created_at", "resolved_at", "resolution"]
@@ -265,14 +270,6 @@ class FollowUpAdmin(admin.ModelAdmin):
     show_full_result_count = False
     fields = readonly_fields = ["order", "state", "reason", "claimed_by", "notes", "resolution", "created_at", "resolved_at"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Customer", ordering="order__customer_name")
     def customer(self, obj):
