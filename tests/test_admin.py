@@ -287,3 +287,23 @@ def test_followups_cannot_be_changed_in_the_admin(client_as):
     assert client.post(url, {"state": "resolved", "notes": "x"}).status_code == 403
     followup.refresh_from_db()
     assert (followup.state, followup.notes) == (FollowUp.State.OPEN, "")
+
+
+@pytest.mark.django_db
+def test_admin_switches_a_sandbox_outage_on_and_off(client_as):
+    from orders.adapters.sandbox import SandboxPaymentGateway
+    from orders.adapters.base import ChargeRequest
+    from orders.errors import GatewayUnavailable
+    from orders.models import SandboxOutage
+
+    admin = client_as("admin")
+    response = admin.post(reverse("admin:orders_sandboxoutage_add"), {"service": "payment", "active": "on"})
+    assert response.status_code == 302
+    order = placed_order()
+    request = ChargeRequest(idempotency_key="k1", order_id=order.pk, amount=order.total, currency="EUR",
+                            customer_email=order.customer_email)
+    with pytest.raises(GatewayUnavailable, match="sandbox outage"):
+        SandboxPaymentGateway().charge(request)
+    outage = SandboxOutage.objects.get(service="payment")
+    admin.post(reverse("admin:orders_sandboxoutage_change", args=[outage.pk]), {"service": "payment"})
+    assert SandboxPaymentGateway().charge(request).reference.startswith("sbx_")
