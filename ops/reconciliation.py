@@ -37,11 +37,10 @@ from orders.status import (
     OrderStatus,
     SagaStatus,
 )
-from orders.temporal_client import run_with_client
+from orders.temporal_client import run_with_client, workflow_ui_url
 
 from .models import Discrepancy, ReconciliationRun
 from .permissions import OPERATE_SAGAS
-from .sweeper import temporal_workflow_url
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +386,7 @@ def reconciliation_report(*, run_id: int) -> tuple[ReconciliationRun, list[Discr
     run = ReconciliationRun.objects.select_related("requested_by").get(pk=run_id)
     groups: dict[str, DiscrepancyGroup] = {}
     for row in run.discrepancies.select_related("order", "product").order_by("kind", "id"):
-        row.temporal_url = temporal_workflow_url(row.workflow_id)
+        row.temporal_url = workflow_ui_url(row.workflow_id)
         group = groups.get(row.kind)
         if group is None:
             group = groups[row.kind] = DiscrepancyGroup(row.kind, Kind(row.kind).label, [], run.overflow.get(row.kind, 0))

@@ -42,7 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from orders.broadcast import publish
 from orders.models import Order
 from orders.status import TERMINAL_SAGA_STATUSES, SagaStatus, Step
-from orders.temporal_client import run_with_client
+from orders.temporal_client import run_with_client, workflow_ui_url
 
 from .models import StallFlag, SweepRun
 
@@ -481,13 +481,6 @@ class FlagRow:
         })
 
 
-def temporal_workflow_url(workflow_id: str) -> str:
-    if not workflow_id:
-        return ""
-    base = settings.TEMPORAL_UI_URL.rstrip("/")
-    return f"{base}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{workflow_id}"
-
-
 def _flag_row(flag: StallFlag) -> FlagRow:
     order = flag.order
     return FlagRow(
@@ -502,7 +495,7 @@ def _flag_row(flag: StallFlag) -> FlagRow:
         current_step_label=Step(order.current_step).label if order.current_step in Step.values else "",
         flagged_at=flag.created_at,
         checked_at=flag.checked_at,
-        temporal_url=temporal_workflow_url(order.workflow_id or ""),
+        temporal_url=workflow_ui_url(order.workflow_id or ""),
     )
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
@@ -28,6 +27,7 @@ from .models import (
     SagaEvent,
 )
 from .saga.shared import STEP_LABELS, StepName
+from .temporal_client import workflow_ui_url
 from .status import TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
 
 Kind = SagaEvent.Kind
@@ -479,14 +479,7 @@ class OrderDetail:
 
     @property
     def temporal_url(self) -> str:
-        return temporal_workflow_url(self.order)
-
-
-def temporal_workflow_url(order: Order) -> str:
-    if not order.workflow_id:
-        return ""
-    base = settings.TEMPORAL_UI_URL.rstrip("/")
-    return f"{base}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{order.workflow_id}"
+        return workflow_ui_url(self.order.workflow_id or "")
 
 
 LEDGER_SECTIONS = frozenset({"stock", "payments", "shipment", "notify"})

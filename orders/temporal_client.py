@@ -18,6 +18,14 @@ async def get_client() -> Client:
     return client
 
 
+def workflow_ui_url(workflow_id: str) -> str:
+    """Where staff see a workflow in Temporal's UI; empty when the order has no workflow yet."""
+    if not workflow_id:
+        return ""
+    base = settings.TEMPORAL_UI_URL.rstrip("/")
+    return f"{base}/namespaces/{settings.TEMPORAL_NAMESPACE}/workflows/{workflow_id}"
+
+
 def run_with_client(action, timeout: float = 30):
     """Run `action(client)` (a coroutine function) on the bridge loop and return its result."""
 
