@@ -24,8 +24,9 @@ RUN pattern="$(echo "$DEV_ONLY" | sed 's/ /|/g')" \
 COPY . .
 
 # Static files are baked into the image and served by WhiteNoise. collectstatic only
-# needs settings to import; these values are for this build step only.
-RUN SECRET_KEY=collectstatic-only DEBUG=0 python manage.py collectstatic --noinput
+# needs settings to import (the sandbox stands in for adapters a deployment names); these
+# values are for this build step only.
+RUN SECRET_KEY=collectstatic-only DEBUG=0 SANDBOX_ENABLED=1 python manage.py collectstatic --noinput
 
 # Run as an unprivileged user; it owns only var/ (Celery beat's schedule, scratch files).
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \

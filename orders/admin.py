@@ -17,7 +17,7 @@ from ops import services as ops_services
 from ops.models import OperatorAction
 from ops.permissions import OPERATE_SAGAS, VIEW_ORDERS, WORK_FOLLOWUPS
 
-from .models import FollowUp, Order, OrderLine, Payment, Product, Reservation, SagaEvent, SandboxOutage, Shipment
+from .models import FollowUp, Order, OrderLine, Payment, Product, Reservation, SagaEvent, Shipment
 from .services.catalog import product_deactivate, product_restock
 
 # One admin action signals each selected saga in turn; beyond this, use the stuck queue's
@@ -278,11 +278,3 @@ class FollowUpAdmin(ViewOnlyAdmin):
     @admin.display(description="Reason")
     def short_reason(self, obj):
         return obj.reason if len(obj.reason) <= 80 else obj.reason[:79] + "…"
-
-
-@admin.register(SandboxOutage)
-class SandboxOutageAdmin(admin.ModelAdmin):
-    """Demo switch: a sandbox service (payment, shipping) fails every call until cleared."""
-
-    list_display = ["service", "active"]
-    list_editable = ["active"]

@@ -4,6 +4,10 @@ A plan is a small dict stored on the order, e.g. {"payment": "decline"} or
 {"payment": "transient:2", "latency_ms": 50}. It only takes effect when
 settings.SANDBOX_FAULTS_ENABLED is on; SANDBOX_<SERVICE>_FAULT environment
 variables apply a fault to every order (handy for demos against a running system).
+
+Only the vocabulary lives here (parsing, presets, which fault applies), because the
+domain reads Order.fault_plan: the inventory step injects its own fault. The adapters
+that act on the other faults are the sandbox app's; nothing here imports it.
 """
 
 import os
@@ -12,14 +16,12 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .models import Order
-
 SERVICES = ("payment", "inventory", "shipping", "notify")
 
 # What each service can be told to do. "transient:N" fails N calls per idempotency key
 # then succeeds; "crash_after:N" (shipping) fails once after booking N parcels, to
 # exercise heartbeats. An outage of a whole service ("fail until cleared") is not per
-# order: it is a SandboxOutage row, see orders.adapters.sandbox.sandbox_outage_set.
+# order: it is the sandbox app's outage switch (sandbox.adapters.sandbox_outage_set).
 _ALLOWED = {
     "payment": re.compile(r"^(decline|transient:\d+)$"),
     "inventory": re.compile(r"^(fail)$"),
@@ -67,10 +69,6 @@ def fault_plan_clean(plan: dict | None) -> dict:
             raise FaultPlanInvalid(f"{value!r} is not a fault the {key} sandbox knows")
         cleaned[key] = value
     return cleaned
-
-
-def order_fault_plan(order_id: int) -> dict:
-    return Order.objects.values_list("fault_plan", flat=True).get(pk=order_id) or {}
 
 
 def fault_for(plan: dict, service: str) -> Fault:

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("ORDERSITE_VAR_DIR", BASE_DIR / "var"))
@@ -30,6 +31,9 @@ def env_float(name: str, default: float) -> float:
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-change-me")
 DEBUG = env_bool("DEBUG", True)
+# The sandbox app (sandbox/): a fake payment gateway, carrier and mailer with their books,
+# for dev, tests and demos. Off, it is not installed and its tables are not in the schema.
+SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", DEBUG)
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
@@ -45,6 +49,8 @@ INSTALLED_APPS = [
     "orders",
     "ops",
 ]
+if SANDBOX_ENABLED:
+    INSTALLED_APPS.append("sandbox")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -198,12 +204,34 @@ MAX_ORDER_TOTAL = Decimal(os.environ.get("MAX_ORDER_TOTAL", "10000.00"))
 MAX_LINE_QUANTITY = int(os.environ.get("MAX_LINE_QUANTITY", "100"))
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://localhost:8000")
 
-# External systems, as dotted paths so production can swap the sandbox for a real one.
-PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "orders.adapters.sandbox.SandboxPaymentGateway")
-SHIPPING_CARRIER = os.environ.get("SHIPPING_CARRIER", "orders.adapters.sandbox.SandboxCarrier")
-CUSTOMER_NOTIFIER = os.environ.get("CUSTOMER_NOTIFIER", "orders.adapters.email.EmailNotifier")
-# Fault injection in the sandbox adapters (per-order fault plans and SANDBOX_* variables).
-SANDBOX_FAULTS_ENABLED = env_bool("SANDBOX_FAULTS_ENABLED", DEBUG)
+# External systems, as dotted paths. The sandbox's are the defaults only while it is
+# installed; production names its real adapters (orders.adapters.email.EmailNotifier is one).
+_SANDBOX_ADAPTERS = {
+    "PAYMENT_GATEWAY": "sandbox.adapters.SandboxPaymentGateway",
+    "SHIPPING_CARRIER": "sandbox.adapters.SandboxCarrier",
+    "CUSTOMER_NOTIFIER": "sandbox.adapters.SandboxNotifier",
+}
+_adapters = {name: os.environ.get(name) or (default if SANDBOX_ENABLED else "") for name, default in _SANDBOX_ADAPTERS.items()}
+if not SANDBOX_ENABLED:
+    _missing = [name for name, path in _adapters.items() if not path]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"{', '.join(_missing)} not set: with SANDBOX_ENABLED off (the default when DEBUG is off) "
+            "every outside adapter must be named by its dotted path, e.g. "
+            "CUSTOMER_NOTIFIER=orders.adapters.email.EmailNotifier; or set SANDBOX_ENABLED=1 "
+            "for a demo against the sandbox gateway and carrier."
+        )
+    _sandboxed = [name for name, path in _adapters.items() if path.startswith("sandbox.")]
+    if _sandboxed:
+        raise ImproperlyConfigured(f"{', '.join(_sandboxed)} name sandbox adapters, but SANDBOX_ENABLED is off.")
+PAYMENT_GATEWAY = _adapters["PAYMENT_GATEWAY"]
+SHIPPING_CARRIER = _adapters["SHIPPING_CARRIER"]
+CUSTOMER_NOTIFIER = _adapters["CUSTOMER_NOTIFIER"]
+# Fault injection (per-order fault plans and SANDBOX_* variables); the sandbox adapters act
+# on it, so it needs the sandbox.
+SANDBOX_FAULTS_ENABLED = env_bool("SANDBOX_FAULTS_ENABLED", DEBUG and SANDBOX_ENABLED)
+if SANDBOX_FAULTS_ENABLED and not SANDBOX_ENABLED:
+    raise ImproperlyConfigured("SANDBOX_FAULTS_ENABLED needs SANDBOX_ENABLED: fault plans act through the sandbox adapters.")
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

@@ -5,8 +5,9 @@ from decimal import Decimal
 
 from django.db.models import Count
 
-from orders.models import Order, Payment, Product, Reservation, SagaEvent, SandboxPaymentRecord, StockMovement
+from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
 from orders.status import ORDER_STATUS_AFTER_SAGA, TERMINAL_SAGA_STATUSES, OrderStatus
+from sandbox.models import SandboxPaymentRecord
 
 
 def assert_stock_conserved() -> None:

@@ -171,7 +171,7 @@ def test_admin_actions_are_limited_to_fifty_orders(client_as):
 
 @pytest.mark.django_db(transaction=True)
 async def test_retry_from_the_admin_rescues_a_real_stuck_saga(saga_env, staff_user, client):
-    from orders.adapters.sandbox import sandbox_outage_set
+    from sandbox.adapters import sandbox_outage_set
 
     from .factories import make_order
 
@@ -291,13 +291,13 @@ def test_followups_cannot_be_changed_in_the_admin(client_as):
 
 @pytest.mark.django_db
 def test_admin_switches_a_sandbox_outage_on_and_off(client_as):
-    from orders.adapters.sandbox import SandboxPaymentGateway
+    from sandbox.adapters import SandboxPaymentGateway
     from orders.adapters.base import ChargeRequest
     from orders.errors import GatewayUnavailable
-    from orders.models import SandboxOutage
+    from sandbox.models import SandboxOutage
 
     admin = client_as("admin")
-    response = admin.post(reverse("admin:orders_sandboxoutage_add"), {"service": "payment", "active": "on"})
+    response = admin.post(reverse("admin:sandbox_sandboxoutage_add"), {"service": "payment", "active": "on"})
     assert response.status_code == 302
     order = placed_order()
     request = ChargeRequest(idempotency_key="k1", order_id=order.pk, amount=order.total, currency="EUR",
@@ -305,5 +305,5 @@ def test_admin_switches_a_sandbox_outage_on_and_off(client_as):
     with pytest.raises(GatewayUnavailable, match="sandbox outage"):
         SandboxPaymentGateway().charge(request)
     outage = SandboxOutage.objects.get(service="payment")
-    admin.post(reverse("admin:orders_sandboxoutage_change", args=[outage.pk]), {"service": "payment"})
+    admin.post(reverse("admin:sandbox_sandboxoutage_change", args=[outage.pk]), {"service": "payment"})
     assert SandboxPaymentGateway().charge(request).reference.startswith("sbx_")

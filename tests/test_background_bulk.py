@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from ops.bulk import BulkInputInvalid, bulk_operation_create, bulk_operation_execute
 from ops.models import BulkOperation, BulkOperationItem, OperatorAction
-from orders.adapters.sandbox import sandbox_outage_set
+from sandbox.adapters import sandbox_outage_set
 from orders.status import OrderStatus, SagaStatus
 
 from .background_support import order_rows_create

@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from ops.models import Discrepancy, ReconciliationRun
 from ops.reconciliation import reconciliation_run_create, reconciliation_run_execute
-from orders.adapters.sandbox import sandbox_outage_set
+from sandbox.adapters import sandbox_outage_set
 from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
 from orders.saga.shared import SagaInput
 from orders.status import OrderStatus, SagaStatus

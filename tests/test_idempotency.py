@@ -5,9 +5,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from temporalio import activity
 
-from orders.models import Payment, SandboxPaymentRecord, StockMovement
+from orders.models import Payment, StockMovement
 from orders.saga import activities
 from orders.saga.shared import StepInput, StepResult
+from sandbox.models import SandboxPaymentRecord
 
 from .conftest import order_state
 from .factories import make_order, make_product

@@ -5,7 +5,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied
 
-from orders.adapters.sandbox import sandbox_outage_set
+from sandbox.adapters import sandbox_outage_set
 from orders.models import SagaEvent
 from orders.saga.shared import OperatorCommand
 from orders.status import SagaStatus

@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from orders.adapters.sandbox import sandbox_outage_set
+from sandbox.adapters import sandbox_outage_set
 from orders.status import SagaStatus
 from ops.services import followup_resend, order_cancel, saga_retry
 

@@ -150,7 +150,7 @@ async def test_notification_failure_goes_to_followup_then_resend_and_resolve(sag
 
 
 async def test_gateway_outage_leaves_saga_stuck_until_operator_decides(saga_env, operator_user):
-    from orders.adapters.sandbox import sandbox_outage_set
+    from sandbox.adapters import sandbox_outage_set
     from ops.models import OperatorAction
     from ops.services import saga_compensate, saga_retry
 
@@ -203,7 +203,7 @@ async def test_cancel_after_shipping_is_refused(saga_env, operator_user):
 
 
 async def test_shipping_resumes_from_heartbeat_after_a_retry(saga_env):
-    from orders.models import SandboxGatewayCall
+    from sandbox.models import SandboxGatewayCall
 
     products = [(await sync_to_async(make_product)(), 1) for _ in range(4)]
     order = await create(products=products, fault_plan={"shipping": "crash_after:2"})

@@ -8,9 +8,9 @@ earlier rows and moves nothing twice. Counters keep on_hand + reserved + sold ==
 from django.db import transaction
 
 from ..errors import InventoryFailure, OutOfStock
-from ..faults import fault_for, order_fault_plan
+from ..faults import fault_for
 from ..locks import lock_order, lock_products
-from ..models import Reservation, SagaEvent, StockMovement
+from ..models import Order, Reservation, SagaEvent, StockMovement
 from .events import saga_event_record
 
 
@@ -95,7 +95,8 @@ def reservation_release(*, order_id: int, idempotency_key: str, attempt: int) ->
 def inventory_confirm(*, order_id: int, idempotency_key: str, attempt: int) -> str:
     """Turn the reservation into a sale. Raises InventoryFailure (sandbox fault).
     Locks: the order row, then its products by id."""
-    if fault_for(order_fault_plan(order_id), "inventory").kind == "fail":
+    plan = Order.objects.values_list("fault_plan", flat=True).get(pk=order_id)
+    if fault_for(plan, "inventory").kind == "fail":
         raise InventoryFailure("Warehouse system rejected the stock confirmation (sandbox fault)")
     return _move_reservations(
         order_id=order_id, idempotency_key=idempotency_key, attempt=attempt, step="confirm",

@@ -1,8 +1,10 @@
-"""A payment gateway and a carrier that run in-process and keep books in our database.
+"""A payment gateway, a carrier and a mailer that run in-process and keep books in our database.
 
 They behave like the real thing where the saga cares: idempotent by key, slow when told
-(latency_ms), and failing on demand (see orders.faults): declines, transient errors
-N times per key, a whole-service outage until cleared, a crash midway through shipping.
+(latency_ms), and failing on demand (the per-order plans of orders.faults): declines,
+transient errors N times per key, a whole-service outage until cleared, a crash midway
+through shipping. Settings point PAYMENT_GATEWAY, SHIPPING_CARRIER and CUSTOMER_NOTIFIER
+here only when SANDBOX_ENABLED is on.
 """
 
 import time
@@ -11,14 +13,19 @@ import uuid
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from ..errors import GatewayUnavailable, PaymentDeclined, ShippingRejected
-from ..faults import Fault, fault_for, latency_ms, order_fault_plan
-from ..models import SandboxGatewayCall, SandboxOutage, SandboxParcel, SandboxPaymentRecord
-from .base import ChargeRequest, GatewayReceipt, RefundRequest
+from orders.adapters.base import ChargeRequest, GatewayReceipt, Notification, RefundRequest
+from orders.adapters.email import EmailNotifier
+from orders.errors import GatewayUnavailable, NotificationFailed, PaymentDeclined, ShippingRejected
+from orders.faults import Fault, fault_for, latency_ms
+from orders.models import Order
+
+from .models import OUTAGE_SERVICES, SandboxGatewayCall, SandboxOutage, SandboxParcel, SandboxPaymentRecord
 
 
 def sandbox_outage_set(service: str, *, active: bool) -> None:
     """Switch a whole sandbox service off ("fail until cleared") or back on."""
+    if service not in OUTAGE_SERVICES:
+        raise ValueError(f"unknown sandbox service {service!r}; outages apply to {', '.join(OUTAGE_SERVICES)}")
     SandboxOutage.objects.update_or_create(service=service, defaults={"active": active})
 
 
@@ -39,6 +46,10 @@ def sandbox_fail_transiently(service: str, key: str, failures: int, error: type[
     calls = sandbox_call_count(service, key)
     if calls <= failures:
         raise error(f"{service} unavailable: timed out (sandbox fault, call {calls} of {failures} failing)")
+
+
+def order_fault_plan(order_id: int) -> dict:
+    return Order.objects.values_list("fault_plan", flat=True).get(pk=order_id) or {}
 
 
 def _simulate_conditions(service: str, key: str, plan: dict) -> Fault:
@@ -98,3 +109,20 @@ class SandboxCarrier:
     def is_delivered(self, *, order_id: int, shipment_key: str) -> bool:
         # The sandbox carrier never reports delivery by itself: staff or a webhook do.
         return False
+
+
+class SandboxNotifier:
+    """The real email notifier, behind the order's notify fault (fail, or transient:N)."""
+
+    def __init__(self) -> None:
+        self.email = EmailNotifier()
+
+    def send(self, notification: Notification) -> None:
+        fault = fault_for(order_fault_plan(notification.order_id), "notify")
+        if fault.kind == "fail":
+            raise NotificationFailed(f"mail server refused the message to {notification.to} (sandbox fault)")
+        if fault.kind == "transient":
+            sandbox_fail_transiently(
+                "notify", f"notify-order-{notification.order_id}", fault.count, NotificationFailed
+            )
+        self.email.send(notification)
