@@ -2,7 +2,9 @@
 # created on first use and synced to the dev lock (requirements-dev.txt, with hashes)
 # whenever a lock changes.
 #
-#   make run      the whole app: Temporal dev server, Redis, web, worker, celery (Ctrl-C stops)
+#   make run      the whole app: Temporal dev server, Redis, web, worker, celery (Ctrl-C stops);
+#                 scripts/run_dev.py prepares var/, the database and the environment, then
+#                 runs Procfile.dev with honcho. Ports: PORT=8001 TEMPORAL_ADDRESS=localhost:7243
 #   make infra    only the Temporal dev server and an embedded Redis
 #   make test     pytest (extra arguments: make test PYTEST_ARGS="-k saga -x")
 #   make bench    the saga latency benchmark (extra arguments: BENCH_ARGS=...)
