@@ -10,7 +10,8 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
-from .workflows import DeliveryTrackingWorkflow, OrderSagaWorkflow
+from .delivery_tracker import DeliveryTrackingWorkflow
+from .order_saga import OrderSagaWorkflow
 
 # On SIGTERM, running activities get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
