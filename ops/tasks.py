@@ -1,6 +1,6 @@
 """Celery tasks for background operations: thin, idempotent, retried on transient failures.
 
-Each loads by id (or takes nothing) and calls one service in ops.sweeper,
+Each loads by id (or takes nothing) and calls one service in ops.stalls,
 ops.reconciliation or ops.bulk. Tasks that must not overlap hold a Redis lock that expires
 on its own, so a worker that dies mid-task never blocks the next run for long.
 """
@@ -13,12 +13,14 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from . import bulk, reconciliation, sweeper
+from . import bulk, reconciliation
+from .stalls import services as stalls
+from .stalls.inspect import TemporalUnavailable
 
 logger = logging.getLogger(__name__)
 
 # Failures worth retrying: the database or Redis went away for a moment, Temporal is down.
-TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError, sweeper.TemporalUnavailable)
+TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError, TemporalUnavailable)
 
 _redis_client = None
 
@@ -54,7 +56,7 @@ def stalled_saga_sweep() -> dict:
     with single_flight("stalled-saga-sweep", ttl=max(settings.SWEEPER_INTERVAL_SECONDS * 5, 120)) as lock:
         if lock is None:
             return {"skipped": "another sweep is running"}
-        return sweeper.stalled_saga_sweep().as_dict()
+        return stalls.stalled_saga_sweep().as_dict()
 
 
 @shared_task(autoretry_for=TRANSIENT, retry_backoff=30, retry_backoff_max=600, max_retries=5)

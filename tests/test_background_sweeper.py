@@ -28,12 +28,10 @@ from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionResponse
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ops.models import StallFlag, SweepRun
-from ops.sweeper import (
-    stall_classify,
-    stall_flags_open,
-    stalled_saga_sweep,
-    workflow_snapshot_from_describe,
-)
+from ops.stalls.classify import stall_classify
+from ops.stalls.inspect import workflow_snapshot_from_describe
+from ops.stalls.selectors import stall_flags_open
+from ops.stalls.services import stalled_saga_sweep
 from ops.tasks import stalled_saga_sweep as sweep_task
 from orders.models import Order
 from orders.saga.shared import SagaInput
