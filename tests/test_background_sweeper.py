@@ -354,7 +354,7 @@ async def test_pending_order_whose_saga_never_started_is_started_by_the_sweeper(
 def test_stuck_and_finished_sagas_are_not_swept(temporal_server, settings):
     settings.SWEEPER_STALL_SECONDS = 1
     order_rows_create(2, saga_status=SagaStatus.STUCK, status=OrderStatus.PROCESSING, quiet_for=timedelta(hours=3))
-    order_rows_create(2, saga_status=SagaStatus.NEEDS_FOLLOWUP, status=OrderStatus.COMPLETED,
+    order_rows_create(2, saga_status=SagaStatus.NEEDS_FOLLOWUP, status=OrderStatus.PROCESSING,
                       quiet_for=timedelta(hours=3))
     order_rows_create(2, saga_status=SagaStatus.COMPENSATED, status=OrderStatus.FAILED, quiet_for=timedelta(hours=3))
     result = stalled_saga_sweep()
