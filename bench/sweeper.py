@@ -12,7 +12,7 @@ What it does:
   stuck and follow-up sagas long quiet (they wait for staff and are not swept), and
   --stalled running orders quiet for ten minutes whose workflows really exist in Temporal
   (started on a task queue no worker polls, so the sweeper finds "no worker polling");
-- runs the sweep (ops.sweeper.stalled_saga_sweep, as the Celery task does) --repeat times
+- runs the sweep (ops.stalls.services.stalled_saga_sweep, as the Celery task does) --repeat times
   from a clean slate (flags deleted), and once more with the flags in place (the steady
   state), counting SQL queries, workflow describes and task-queue describes, after the
   active sagas record an event and a vacuum (as autovacuum does between bursts);
@@ -135,9 +135,9 @@ class Calls:
 
 def instrument() -> None:
     """Count the sweeper's Temporal calls by wrapping its two RPC helpers."""
-    from ops import sweeper
+    from ops.stalls import inspect
 
-    describe, queue_polled = sweeper._describe, sweeper._queue_polled
+    describe, queue_polled = inspect.workflow_describe, inspect.task_queue_polled
 
     async def counted_describe(client, workflow_id):
         Calls.describes += 1
@@ -147,17 +147,17 @@ def instrument() -> None:
         Calls.queue_describes += 1
         return await queue_polled(client, queue, kind, fresh)
 
-    sweeper._describe, sweeper._queue_polled = counted_describe, counted_queue
-    inspect = sweeper.workflows_inspect
+    inspect.workflow_describe, inspect.task_queue_polled = counted_describe, counted_queue
+    workflows_inspect = inspect.workflows_inspect
 
     def timed_inspect(workflow_ids):
         started = time.perf_counter()
         try:
-            return inspect(workflow_ids)
+            return workflows_inspect(workflow_ids)
         finally:
             Calls.temporal_seconds += time.perf_counter() - started
 
-    sweeper.workflows_inspect = timed_inspect
+    inspect.workflows_inspect = timed_inspect
 
 
 def sweep_measure(*, fresh: bool) -> dict:
@@ -165,7 +165,7 @@ def sweep_measure(*, fresh: bool) -> dict:
     from django.test.utils import CaptureQueriesContext
 
     from ops.models import StallFlag
-    from ops.sweeper import stalled_saga_sweep
+    from ops.stalls.services import stalled_saga_sweep
 
     if fresh:
         StallFlag.objects.all().delete()
@@ -243,7 +243,7 @@ def candidate_plan() -> str:
     from django.conf import settings
     from django.utils import timezone
 
-    from ops.sweeper import stalled_orders_querysets
+    from ops.stalls.selectors import stalled_orders_querysets
 
     plans = [qs[: settings.SWEEPER_MAX_DESCRIBES].explain(analyze=True)
              for qs in stalled_orders_querysets(now=timezone.now())]

@@ -21,6 +21,7 @@ from django.utils import timezone
 from orders.models import Order
 from orders.status import SagaStatus, Step
 
+from .jobs import BULK_OPERATION_RUN, job_enqueue_on_commit
 from .models import BulkOperation, BulkOperationItem, OperatorAction
 from .permissions import OPERATE_SAGAS
 from .services import ActionNotAllowed, operator_action_request
@@ -53,7 +54,8 @@ def _order_ids_parse(raw_ids) -> list[int]:
 def bulk_operation_create(
     *, action: str, actor, reason: str = "", order_ids=None, step: str | None = None
 ) -> BulkOperation:
-    """Check the selection, save the operation with one item per order, queue the task.
+    """Check the selection, save the operation with one item per order, queue its execution
+    (ops.tasks.bulk_operation_run, once the rows are committed).
 
     Either `order_ids` (a list) or `step` (every order stuck at that step). Orders that
     are not stuck are kept: they fail one by one with the reason, like any other refusal.
@@ -87,8 +89,6 @@ def bulk_operation_create(
         shown = ", ".join(f"#{i}" for i in missing[:10])
         raise BulkInputInvalid(f"No such order: {shown}{' and more' if len(missing) > 10 else ''}.")
 
-    from .tasks import bulk_operation_run  # the tasks module imports this one
-
     with transaction.atomic():
         operation = BulkOperation.objects.create(
             action=action, requested_by=actor, reason=(reason or "").strip()[:2000], step=step, total=len(ids),
@@ -96,7 +96,7 @@ def bulk_operation_create(
         BulkOperationItem.objects.bulk_create(
             [BulkOperationItem(operation=operation, order_id=i) for i in ids], batch_size=500
         )
-        transaction.on_commit(lambda: bulk_operation_run.delay(operation.pk))
+        job_enqueue_on_commit(BULK_OPERATION_RUN, operation.pk)
     return operation
 
 

@@ -1,8 +1,9 @@
 """Celery tasks for background operations: thin, idempotent, retried on transient failures.
 
-Each loads by id (or takes nothing) and calls one service in ops.sweeper,
-ops.reconciliation or ops.bulk. Tasks that must not overlap hold a Redis lock that expires
-on its own, so a worker that dies mid-task never blocks the next run for long.
+Each loads by id (or takes nothing) and calls one service in ops.stalls, ops.reconciliation
+or ops.bulk; those never import this module (they queue work by name, see ops.jobs).
+Tasks that must not overlap hold a Redis lock that expires on its own, so a worker that
+dies mid-task never blocks the next run for long.
 """
 
 import contextlib
@@ -13,12 +14,15 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from . import bulk, reconciliation, sweeper
+from . import bulk, jobs, reconciliation
+from .models import ReconciliationRun
+from .stalls import services as stalls
+from .stalls.inspect import TemporalUnavailable
 
 logger = logging.getLogger(__name__)
 
 # Failures worth retrying: the database or Redis went away for a moment, Temporal is down.
-TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError, sweeper.TemporalUnavailable)
+TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError, TemporalUnavailable)
 
 _redis_client = None
 
@@ -48,23 +52,24 @@ class LockBusy(Exception):
     """Another worker is running the same operation; this delivery retries later."""
 
 
-@shared_task(autoretry_for=TRANSIENT, retry_backoff=5, retry_backoff_max=60, max_retries=3)
+@shared_task(name=jobs.STALLED_SAGA_SWEEP, autoretry_for=TRANSIENT, retry_backoff=5, retry_backoff_max=60,
+             max_retries=3)
 def stalled_saga_sweep() -> dict:
     # Overlapping sweeps would describe the same workflows twice: skip if one is running.
     with single_flight("stalled-saga-sweep", ttl=max(settings.SWEEPER_INTERVAL_SECONDS * 5, 120)) as lock:
         if lock is None:
             return {"skipped": "another sweep is running"}
-        return sweeper.stalled_saga_sweep().as_dict()
+        return stalls.stalled_saga_sweep().as_dict()
 
 
-@shared_task(autoretry_for=TRANSIENT, retry_backoff=30, retry_backoff_max=600, max_retries=5)
+@shared_task(name=jobs.RECONCILIATION_NIGHTLY, autoretry_for=TRANSIENT, retry_backoff=30, retry_backoff_max=600,
+             max_retries=5)
 def reconciliation_nightly() -> int:
-    run = reconciliation.reconciliation_run_create(trigger=reconciliation.ReconciliationRun.Trigger.SCHEDULE)
-    reconciliation_run.delay(run.pk)
-    return run.pk
+    return reconciliation.reconciliation_run_queue(trigger=ReconciliationRun.Trigger.SCHEDULE).pk
 
 
-@shared_task(autoretry_for=TRANSIENT + (LockBusy,), retry_backoff=10, retry_backoff_max=600, max_retries=8)
+@shared_task(name=jobs.RECONCILIATION_RUN, autoretry_for=TRANSIENT + (LockBusy,), retry_backoff=10,
+             retry_backoff_max=600, max_retries=8)
 def reconciliation_run(run_id: int) -> dict:
     with single_flight(f"reconciliation-{run_id}", ttl=3600) as lock:
         if lock is None:
@@ -73,7 +78,8 @@ def reconciliation_run(run_id: int) -> dict:
         return {"run": run.pk, "state": run.state, "discrepancies": run.discrepancy_count}
 
 
-@shared_task(autoretry_for=TRANSIENT + (LockBusy,), retry_backoff=5, retry_backoff_max=120, max_retries=20)
+@shared_task(name=jobs.BULK_OPERATION_RUN, autoretry_for=TRANSIENT + (LockBusy,), retry_backoff=5,
+             retry_backoff_max=120, max_retries=20)
 def bulk_operation_run(operation_id: int) -> dict:
     # The lock expires a minute after the last order sent, so a lost worker's redelivered
     # task picks up where it stopped.

@@ -15,7 +15,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from orders.status import Step
 
-from . import bulk, reconciliation, sweeper, tasks
+from . import bulk, reconciliation, tasks
+from .stalls import selectors as sweeper
 from .models import BulkOperation, ReconciliationRun
 from .permissions import OPERATE_SAGAS, staff_required
 

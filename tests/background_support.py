@@ -1,5 +1,10 @@
 """Test data helpers for the background-operation tests: rows written directly, for
-states that need no saga."""
+states that need no saga.
+
+Rows are written in bulk because the sweeper's cost tests need thousands of them; the
+services (tests/saga_states.py) would take minutes. Only (status, saga status) pairs that
+the app itself can produce are accepted, so these rows never show a state it cannot reach.
+"""
 
 import uuid
 from datetime import timedelta
@@ -7,13 +12,25 @@ from datetime import timedelta
 from django.utils import timezone
 
 from orders.models import Order, SagaEvent
-from orders.status import OrderStatus, SagaStatus
+from orders.status import ORDER_STATUS_AFTER_SAGA, TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
+
+
+def _reachable(status: str, saga_status: str) -> bool:
+    """Whether the app can leave an order in this pair (orders.services, orders.status)."""
+    if saga_status in TERMINAL_SAGA_STATUSES:
+        after = ORDER_STATUS_AFTER_SAGA[saga_status]
+        return status == after or (after == OrderStatus.COMPLETED and status == OrderStatus.DELIVERED)
+    if saga_status == SagaStatus.PENDING:
+        return status == OrderStatus.PLACED
+    # Running, compensating, stuck or waiting on a follow-up: validated or not yet.
+    return status in (OrderStatus.PLACED, OrderStatus.PROCESSING)
 
 
 def order_rows_create(count: int, *, saga_status: str, status: str, quiet_for: timedelta | None = None,
                       start: int = 0, prefix: str = "T") -> list[Order]:
     """Bare orders in a given state (no lines, no saga, no workflow in Temporal);
     `quiet_for` backdates their last event."""
+    assert _reachable(status, saga_status), f"the app never leaves an order {status} with its saga {saga_status}"
     now = timezone.now()
     last_event = now - quiet_for if quiet_for is not None else now
     orders = Order.objects.bulk_create(

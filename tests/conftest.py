@@ -91,8 +91,8 @@ def order_state(order_id: int) -> Order:
 async def saga_env(request, transactional_db, temporal_server, settings):
     """Workers for both saga task queues, on queues no other test uses.
 
-    `@pytest.mark.activity_overrides(fn, ...)` swaps in activities registered under the
-    same name (to simulate a crash, say). Depends on transactional_db so it is torn down
+    `@pytest.mark.activity_overrides(name=fn, ...)` swaps in activities registered under
+    that name (to simulate a crash, say). Depends on transactional_db so it is torn down
     (workers stopped, invariants checked) before the database is flushed.
     """
     marker = request.node.get_closest_marker("activity_overrides")
@@ -103,7 +103,7 @@ async def saga_env(request, transactional_db, temporal_server, settings):
     executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="test-activity")
     workers = build_workers(
         client, orders_queue=settings.SAGA_TASK_QUEUE, payments_queue=settings.PAYMENTS_TASK_QUEUE, executor=executor,
-        activity_overrides=list(marker.args) if marker else (),
+        activity_overrides=marker.kwargs if marker else None,
     )
     runs = [asyncio.create_task(w.run()) for w in workers]
     env = SagaEnv(client, settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE)

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from ops.consumers_background import StallFlagsConsumer
 from ops.models import StallFlag, SweepRun
-from ops.sweeper import stall_flags_broadcast
+from ops.stalls.services import stall_flags_broadcast
 from orders.locks import lock_order
 from orders.services.events import saga_event_record
 from orders.status import OrderStatus, SagaStatus

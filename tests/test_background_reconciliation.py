@@ -4,12 +4,11 @@
 import asyncio
 import time
 import uuid
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -19,12 +18,14 @@ from temporalio.client import Client
 from ops.models import Discrepancy, ReconciliationRun
 from ops.reconciliation import reconciliation_run_create, reconciliation_run_execute
 from sandbox.adapters import sandbox_outage_set
-from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
+from orders.models import Order, Payment, Product, SagaEvent
 from orders.saga.shared import SagaInput
-from orders.status import OrderStatus, SagaStatus
+from orders.status import SagaStatus
 
+from .background_support import order_backdate
 from .conftest import order_state, wait_for
 from .factories import make_order, make_product
+from .saga_states import order_compensated_at_confirm, order_completed, order_running
 
 # Fixtures celery_worker and orders_only_env, defined once for all modules that use them.
 pytest_plugins = ["tests.background_fixtures"]
@@ -40,52 +41,35 @@ def _own_saga_queue(settings):
     settings.RECONCILIATION_GRACE_SECONDS = 0
 
 
-# --- orders written as a finished saga would have left them --------------------------------
+# --- orders where a saga would have left them, through the services it calls --------------
 
 
-def _events(order, pairs):
-    SagaEvent.objects.bulk_create(SagaEvent(order=order, step=step, kind=kind) for step, kind in pairs)
-
-
-def _settle(order, *, status, saga_status):
-    an_hour_ago = timezone.now() - timedelta(hours=1)
-    Order.objects.filter(pk=order.pk).update(status=status, saga_status=saga_status, last_event_at=an_hour_ago,
-                                             created_at=an_hour_ago)
+def _settle(order):
+    """Backdate the order's last event and creation, so no check skips it as too recent."""
+    order_backdate(order.pk, 3600)
 
 
 def completed_order_rows(product: Product, quantity: int = 1) -> Order:
     """An order whose saga completed: sold stock, one charge, the events that go with them."""
     order = make_order(products=[(product, quantity)], start_saga=False)
-    key = order.workflow_id
-    with transaction.atomic():
-        Product.objects.filter(pk=product.pk).update(on_hand=F("on_hand") - quantity, sold=F("sold") + quantity)
-        StockMovement.objects.create(order=order, product=product, kind="reserve", quantity=quantity, idempotency_key=f"{key}:reserve")
-        StockMovement.objects.create(order=order, product=product, kind="confirm", quantity=quantity, idempotency_key=f"{key}:confirm")
-        Reservation.objects.create(order=order, product=product, quantity=quantity, state=Reservation.State.CONFIRMED)
-        Payment.objects.create(order=order, kind="charge", amount=order.total, currency=order.currency,
-                               idempotency_key=f"{key}:charge", gateway_reference=f"ch-{order.pk}")
-        _events(order, [("validate", "succeeded"), ("reserve", "succeeded"), ("charge", "succeeded"),
-                        ("confirm", "succeeded"), ("ship", "succeeded"), ("notify", "succeeded"), ("", "finished")])
-        _settle(order, status=OrderStatus.COMPLETED, saga_status=SagaStatus.COMPLETED)
+    order_completed(order)
+    _settle(order)
     return order
 
 
 def compensated_order_rows(product: Product) -> Order:
     """An order whose confirm step failed: reservation released, charge refunded."""
     order = make_order(products=[(product, 1)], start_saga=False)
-    key = order.workflow_id
-    with transaction.atomic():
-        StockMovement.objects.create(order=order, product=product, kind="reserve", quantity=1, idempotency_key=f"{key}:reserve")
-        StockMovement.objects.create(order=order, product=product, kind="release", quantity=1,
-                                     idempotency_key=f"{key}:reserve:compensate")
-        Reservation.objects.create(order=order, product=product, quantity=1, state=Reservation.State.RELEASED)
-        Payment.objects.create(order=order, kind="charge", amount=order.total, currency=order.currency,
-                               idempotency_key=f"{key}:charge", gateway_reference=f"ch-{order.pk}")
-        Payment.objects.create(order=order, kind="refund", amount=order.total, currency=order.currency,
-                               idempotency_key=f"{key}:charge:compensate", gateway_reference=f"rf-{order.pk}")
-        _events(order, [("validate", "succeeded"), ("reserve", "succeeded"), ("charge", "succeeded"),
-                        ("confirm", "failed"), ("charge", "compensated"), ("reserve", "compensated"), ("", "finished")])
-        _settle(order, status=OrderStatus.FAILED, saga_status=SagaStatus.COMPENSATED)
+    order_compensated_at_confirm(order)
+    _settle(order)
+    return order
+
+
+def running_order_rows() -> Order:
+    """An order whose saga runs (validated, processing) but has no workflow in Temporal."""
+    order = make_order(start_saga=False)
+    order_running(order)
+    _settle(order)
     return order
 
 
@@ -111,6 +95,8 @@ def test_a_consistent_database_is_reported_clean(temporal_server):
 
 async def test_each_kind_of_planted_discrepancy_is_found(temporal_server, settings):
     def plant():
+        # Corrupt rows on purpose, written past the services: no path of the app produces
+        # them, and reconciliation exists to find them.
         shelf = make_product(stock=50)
         drifting = make_product(stock=10)
         # Counters still add up (the CHECK constraint holds) but disagree with the ledger.
@@ -130,8 +116,7 @@ async def test_each_kind_of_planted_discrepancy_is_found(temporal_server, settin
         unfinished_log = completed_order_rows(shelf)
         SagaEvent.objects.filter(order=unfinished_log, kind="finished").delete()
 
-        no_workflow = make_order(products=[(shelf, 1)], start_saga=False)
-        _settle(no_workflow, status=OrderStatus.PROCESSING, saga_status=SagaStatus.RUNNING)
+        no_workflow = running_order_rows()
         return drifting, short_paid, charged_twice, borrowed_key, unfinished_log, no_workflow
 
     drifting, short_paid, charged_twice, borrowed_key, unfinished_log, no_workflow = await sync_to_async(plant)()
@@ -205,8 +190,7 @@ async def test_real_sagas_leave_a_clean_database(saga_env, settings):
 def test_findings_beyond_the_cap_are_counted_not_stored(temporal_server, settings):
     settings.RECONCILIATION_MAX_PER_KIND = 2
     for _ in range(5):
-        order = make_order(start_saga=False)
-        _settle(order, status=OrderStatus.PROCESSING, saga_status=SagaStatus.RUNNING)
+        running_order_rows()
     run = run_now()
     assert run.discrepancy_count == 5
     assert run.discrepancies.count() == 2
@@ -214,8 +198,7 @@ def test_findings_beyond_the_cap_are_counted_not_stored(temporal_server, setting
 
 
 def test_executing_a_finished_run_again_changes_nothing(temporal_server):
-    order = make_order(start_saga=False)
-    _settle(order, status=OrderStatus.PROCESSING, saga_status=SagaStatus.RUNNING)
+    running_order_rows()
     run = run_now()
     again = reconciliation_run_execute(run_id=run.pk)
     assert again.finished_at == run.finished_at
@@ -226,12 +209,7 @@ def test_executing_a_finished_run_again_changes_nothing(temporal_server):
 
 
 async def test_run_on_demand_from_the_page_shows_the_report_with_links(celery_worker, temporal_server, client_as):
-    def plant():
-        order = make_order(start_saga=False)
-        _settle(order, status=OrderStatus.PROCESSING, saga_status=SagaStatus.RUNNING)
-        return order
-
-    order = await sync_to_async(plant)()
+    order = await sync_to_async(running_order_rows)()
     client = await sync_to_async(client_as)("operator")
     response = await sync_to_async(client.post)(reverse("background:reconciliation_request"))
     assert response.status_code == 302

@@ -28,12 +28,10 @@ from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionResponse
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ops.models import StallFlag, SweepRun
-from ops.sweeper import (
-    stall_classify,
-    stall_flags_open,
-    stalled_saga_sweep,
-    workflow_snapshot_from_describe,
-)
+from ops.stalls.classify import stall_classify
+from ops.stalls.inspect import workflow_snapshot_from_describe
+from ops.stalls.selectors import stall_flags_open
+from ops.stalls.services import stalled_saga_sweep
 from ops.tasks import stalled_saga_sweep as sweep_task
 from orders.models import Order
 from orders.saga.shared import SagaInput
@@ -356,7 +354,7 @@ async def test_pending_order_whose_saga_never_started_is_started_by_the_sweeper(
 def test_stuck_and_finished_sagas_are_not_swept(temporal_server, settings):
     settings.SWEEPER_STALL_SECONDS = 1
     order_rows_create(2, saga_status=SagaStatus.STUCK, status=OrderStatus.PROCESSING, quiet_for=timedelta(hours=3))
-    order_rows_create(2, saga_status=SagaStatus.NEEDS_FOLLOWUP, status=OrderStatus.COMPLETED,
+    order_rows_create(2, saga_status=SagaStatus.NEEDS_FOLLOWUP, status=OrderStatus.PROCESSING,
                       quiet_for=timedelta(hours=3))
     order_rows_create(2, saga_status=SagaStatus.COMPENSATED, status=OrderStatus.FAILED, quiet_for=timedelta(hours=3))
     result = stalled_saga_sweep()

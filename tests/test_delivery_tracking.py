@@ -14,9 +14,9 @@ from temporalio.worker import Worker
 
 from orders.models import SagaEvent, Shipment
 from orders.saga.activities import check_delivery, mark_delivered
+from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
 from orders.saga.shared import DeliveredSignal, DeliveryInput
 from orders.saga.worker import workflow_runner
-from orders.saga.workflows import DeliveryTrackingWorkflow
 from orders.status import OrderStatus
 
 from .conftest import order_state

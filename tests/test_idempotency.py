@@ -48,7 +48,7 @@ def release_reservation(inp: StepInput) -> StepResult:
     return _lose_first_completion(activities.release_reservation)(inp)
 
 
-@pytest.mark.activity_overrides(charge_payment, reserve_inventory)
+@pytest.mark.activity_overrides(charge_payment=charge_payment, reserve_inventory=reserve_inventory)
 async def test_retried_charge_and_reserve_move_money_and_stock_once(saga_env):
     product = await sync_to_async(make_product)(stock=5)
     order = await sync_to_async(make_order)(products=[(product, 2)])
@@ -68,7 +68,7 @@ async def test_retried_charge_and_reserve_move_money_and_stock_once(saga_env):
     assert retried == {"charge", "reserve"}  # both really ran twice
 
 
-@pytest.mark.activity_overrides(refund_payment, release_reservation)
+@pytest.mark.activity_overrides(refund_payment=refund_payment, release_reservation=release_reservation)
 async def test_retried_refund_and_release_happen_once(saga_env):
     product = await sync_to_async(make_product)(stock=5)
     order = await sync_to_async(make_order)(products=[(product, 2)], fault_plan={"inventory": "fail"})

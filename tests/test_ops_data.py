@@ -1,6 +1,7 @@
 """Helpers (no tests) that put orders into the states the operations pages show, without
-running sagas: orders are placed through order_create, then their saga columns, events
-and follow-ups are written directly, as the saga's own services would leave them.
+running sagas: orders are placed through order_create; follow-ups are opened through the
+saga's own services (tests/saga_states.py); stuck orders have their saga columns and events
+written directly, in the state the saga's services leave them (processing, stuck at a step).
 """
 
 from datetime import timedelta
@@ -14,6 +15,7 @@ from orders.status import OrderStatus, SagaStatus
 from ops.models import OperatorAction
 
 from .factories import make_order, make_product
+from .saga_states import order_needs_followup
 
 ROLES = ("viewer", "support", "operator", "admin")
 
@@ -47,11 +49,12 @@ def followup_order(product: Product | None = None, *, reason: str = "Mail server
                    claimed_by=None, email: str = "grace@example.com") -> FollowUp:
     """An order whose customer could not be notified, waiting in the follow-up queue."""
     order = placed_order(product, email=email)
-    Order.objects.filter(pk=order.pk).update(
-        status=OrderStatus.COMPLETED, saga_status=SagaStatus.NEEDS_FOLLOWUP, current_step="notify", last_error=reason,
-    )
-    SagaEvent.objects.create(order=order, step="notify", kind="followup", detail=reason)
-    return FollowUp.objects.create(order=order, reason=reason, claimed_by=claimed_by)
+    order_needs_followup(order, reason=reason)
+    followup = FollowUp.objects.get(order=order)
+    if claimed_by is not None:
+        FollowUp.objects.filter(pk=followup.pk).update(claimed_by=claimed_by)
+        followup.refresh_from_db()
+    return followup
 
 
 def resolved_followup(product: Product | None = None, *, days_ago: int = 1) -> FollowUp:

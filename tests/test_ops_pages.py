@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from ops.models import OperatorAction
 
+from .saga_states import order_completed
 from .test_ops_data import audit_row, followup_order, placed_order, resolved_followup, shelf, stuck_order
 
 pytestmark = pytest.mark.django_db
@@ -75,6 +76,7 @@ def count_in(body: str, attribute: str, value: str) -> int:
 
 def test_dashboard_shows_counts_and_recent_activity(client_as):
     product = shelf()
+    order_completed(placed_order(product))
     stuck = stuck_order(product)
     followup_order(product)
     placed_order(product)
@@ -82,11 +84,12 @@ def test_dashboard_shows_counts_and_recent_activity(client_as):
     assert count_in(body, "data-saga-status", "stuck") == 1
     assert count_in(body, "data-saga-status", "needs_followup") == 1
     assert count_in(body, "data-saga-status", "pending") == 1
-    assert count_in(body, "data-status", "processing") == 1
+    # A saga waiting on a follow-up has not finished: its order is still processing.
+    assert count_in(body, "data-status", "processing") == 2
     assert count_in(body, "data-status", "completed") == 1
     assert count_in(body, "data-status", "placed") == 1
     assert re.search(r'data-count="stuck">1<', body) and re.search(r'data-count="followups">1<', body)
-    assert re.search(r'data-count="orders">3<', body)
+    assert re.search(r'data-count="orders">4<', body)
     # The latest event first, linked to its order's staff page.
     latest = stuck.events.order_by("-id").first()
     assert f'id="ops-event-{latest.pk}"' in body

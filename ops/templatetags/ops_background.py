@@ -3,7 +3,7 @@ its own socket) and one order's stall flag."""
 
 from django import template
 
-from ..sweeper import stall_flag_for_order, stall_flags_card_context
+from ..stalls.selectors import stall_flag_for_order, stall_flags_card_context
 
 register = template.Library()
 

@@ -24,6 +24,23 @@ from .shared import (
     StepResult,
 )
 
+# The activities each worker runs, by the name Temporal knows them under. The worker is
+# built from these, and a test replaces one by that name (build_workers(activity_overrides=)).
+ORDERS_QUEUE_ACTIVITIES: dict[str, Callable] = {}
+PAYMENTS_QUEUE_ACTIVITIES: dict[str, Callable] = {}
+
+
+def _activity(name: str, *, queue: dict[str, Callable]) -> Callable[[Callable], Callable]:
+    """@activity.defn(name=name), and listed under that name for the queue's worker."""
+
+    def register(fn: Callable) -> Callable:
+        if name in ORDERS_QUEUE_ACTIVITIES or name in PAYMENTS_QUEUE_ACTIVITIES:
+            raise ValueError(f"two activities named {name!r}")
+        queue[name] = activity.defn(name=name)(fn)
+        return fn
+
+    return register
+
 
 def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool = False, started_detail: str = "",
               own_database_only: bool = False) -> StepResult:
@@ -65,32 +82,32 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
         close_old_connections()
 
 
-@activity.defn(name="validate_order")
+@_activity("validate_order", queue=ORDERS_QUEUE_ACTIVITIES)
 def validate_order(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: ordering.order_validate(order_id=inp.order_id, attempt=attempt),
                      own_database_only=True)
 
 
-@activity.defn(name="reserve_inventory")
+@_activity("reserve_inventory", queue=ORDERS_QUEUE_ACTIVITIES)
 def reserve_inventory(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: inventory.inventory_reserve(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), own_database_only=True)
 
 
-@activity.defn(name="release_reservation")
+@_activity("release_reservation", queue=ORDERS_QUEUE_ACTIVITIES)
 def release_reservation(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: inventory.reservation_release(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), compensation=True,
         own_database_only=True)
 
 
-@activity.defn(name="charge_payment")
+@_activity("charge_payment", queue=PAYMENTS_QUEUE_ACTIVITIES)
 def charge_payment(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: payments.payment_charge(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt))
 
 
-@activity.defn(name="refund_payment")
+@_activity("refund_payment", queue=PAYMENTS_QUEUE_ACTIVITIES)
 def refund_payment(inp: StepInput) -> StepResult:
     charge_key = inp.idempotency_key.removesuffix(":compensate")
     return _recorded(inp, lambda attempt: payments.payment_refund(
@@ -98,20 +115,20 @@ def refund_payment(inp: StepInput) -> StepResult:
         compensation=True)
 
 
-@activity.defn(name="confirm_inventory")
+@_activity("confirm_inventory", queue=ORDERS_QUEUE_ACTIVITIES)
 def confirm_inventory(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: inventory.inventory_confirm(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), own_database_only=True)
 
 
-@activity.defn(name="restock_inventory")
+@_activity("restock_inventory", queue=ORDERS_QUEUE_ACTIVITIES)
 def restock_inventory(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: inventory.inventory_restock(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), compensation=True,
         own_database_only=True)
 
 
-@activity.defn(name="arrange_shipping")
+@_activity("arrange_shipping", queue=ORDERS_QUEUE_ACTIVITIES)
 def arrange_shipping(inp: StepInput) -> StepResult:
     # The last heartbeat of a failed attempt says how many parcels are already booked.
     details = activity.info().heartbeat_details
@@ -122,13 +139,13 @@ def arrange_shipping(inp: StepInput) -> StepResult:
         resume_after=resume_after, on_parcel_booked=activity.heartbeat), started_detail=started)
 
 
-@activity.defn(name="cancel_shipment")
+@_activity("cancel_shipment", queue=ORDERS_QUEUE_ACTIVITIES)
 def cancel_shipment(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: shipping.shipment_cancel(order_id=inp.order_id, attempt=attempt),
                      compensation=True)
 
 
-@activity.defn(name="notify_customer")
+@_activity("notify_customer", queue=ORDERS_QUEUE_ACTIVITIES)
 def notify_customer(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: notifications.customer_notify(order_id=inp.order_id, attempt=attempt))
 
@@ -136,7 +153,7 @@ def notify_customer(inp: StepInput) -> StepResult:
 # --- bookkeeping (local activities) -------------------------------------------------
 
 
-@activity.defn(name="record_transition")
+@_activity("record_transition", queue=ORDERS_QUEUE_ACTIVITIES)
 def record_transition(transition: SagaTransition) -> None:
     from ops.services import operator_action_outcome_record  # ops builds on orders
 
@@ -151,7 +168,7 @@ def record_transition(transition: SagaTransition) -> None:
         close_old_connections()
 
 
-@activity.defn(name="open_followup")
+@_activity("open_followup", queue=ORDERS_QUEUE_ACTIVITIES)
 def open_followup(transition: SagaTransition) -> None:
     close_old_connections()
     try:
@@ -160,7 +177,7 @@ def open_followup(transition: SagaTransition) -> None:
         close_old_connections()
 
 
-@activity.defn(name="close_followup")
+@_activity("close_followup", queue=ORDERS_QUEUE_ACTIVITIES)
 def close_followup(transition: SagaTransition) -> None:
     close_old_connections()
     try:
@@ -172,7 +189,7 @@ def close_followup(transition: SagaTransition) -> None:
 # --- delivery tracking ------------------------------------------------------------------
 
 
-@activity.defn(name="check_delivery")
+@_activity("check_delivery", queue=ORDERS_QUEUE_ACTIVITIES)
 def check_delivery(check: DeliveryCheck) -> DeliveryStatus:
     close_old_connections()
     try:
@@ -181,7 +198,7 @@ def check_delivery(check: DeliveryCheck) -> DeliveryStatus:
         close_old_connections()
 
 
-@activity.defn(name="mark_delivered")
+@_activity("mark_delivered", queue=ORDERS_QUEUE_ACTIVITIES)
 def mark_delivered(check: DeliveryCheck) -> None:
     close_old_connections()
     try:
@@ -189,10 +206,3 @@ def mark_delivered(check: DeliveryCheck) -> None:
     finally:
         close_old_connections()
 
-
-ORDERS_QUEUE_ACTIVITIES = [
-    validate_order, reserve_inventory, release_reservation, confirm_inventory, restock_inventory,
-    arrange_shipping, cancel_shipment, notify_customer, record_transition, open_followup, close_followup,
-    check_delivery, mark_delivered,
-]
-PAYMENTS_QUEUE_ACTIVITIES = [charge_payment, refund_payment]

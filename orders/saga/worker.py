@@ -1,25 +1,22 @@
 """Building the Temporal workers: one for the saga's task queue, one for payments."""
 
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
-from temporalio.activity import _Definition
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
-from .workflows import DeliveryTrackingWorkflow, OrderSagaWorkflow
+from .delivery_tracker import DeliveryTrackingWorkflow
+from .order_saga import OrderSagaWorkflow
 
 # On SIGTERM, running activities get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 
 WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow]
-
-
-def activity_name(fn) -> str:
-    return _Definition.must_from_callable(fn).name
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -37,18 +34,22 @@ def build_workers(
     payments_queue: str | None = None,
     queues: tuple[str, ...] = ("orders", "payments"),
     executor: ThreadPoolExecutor | None = None,
-    activity_overrides=(),
+    activity_overrides: Mapping[str, Callable] | None = None,
 ) -> list[Worker]:
     """Workers for the queues asked for ('orders' runs workflows and the activities that
     touch only our database or the carrier; 'payments' runs charges and refunds).
 
-    `activity_overrides` replace activities of the same name (tests simulate crashes so).
+    `activity_overrides` maps an activity's name to a replacement, itself an
+    @activity.defn registered under that same name (tests simulate crashes so).
     """
     executor = executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity")
-    replacements = {activity_name(fn): fn for fn in activity_overrides}
+    overrides = dict(activity_overrides or {})
+    unknown = overrides.keys() - ORDERS_QUEUE_ACTIVITIES.keys() - PAYMENTS_QUEUE_ACTIVITIES.keys()
+    if unknown:
+        raise ValueError(f"no activity to replace named {', '.join(sorted(unknown))}")
 
-    def with_overrides(fns):
-        return [replacements.get(activity_name(fn), fn) for fn in fns]
+    def with_overrides(activities: dict[str, Callable]) -> list[Callable]:
+        return [overrides.get(name, fn) for name, fn in activities.items()]
 
     workers = []
     if "orders" in queues:

@@ -1,8 +1,12 @@
-"""The order saga and the delivery tracker. Workflow code only: no Django, no I/O.
+"""The order saga workflow ("OrderSaga"). Workflow code only: no Django, no I/O.
 
-Anything that changes the commands these workflows issue must go behind
+Anything that changes the commands this workflow issues must go behind
 workflow.patched("<change-id>") so running sagas replay; tests/test_replay.py replays
-histories recorded from earlier versions.
+histories recorded from earlier versions. Once the parcel is booked the saga starts the
+delivery tracker (orders.saga.delivery_tracker) as an abandoned child.
+
+This module is over 400 lines because it is one workflow class: its steps, compensation,
+operator signals and the waits between them share the workflow's state and read best together.
 """
 
 import asyncio
@@ -10,6 +14,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+# Workflow code, so not passed through: the sandbox imports it afresh, as it does this module.
+from .delivery_tracker import DeliveryTrackingWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from ..errors import NON_RETRYABLE_ERRORS
@@ -24,8 +31,6 @@ with workflow.unsafe.imports_passed_through():
         step_retry_policy,
     )
     from .shared import (
-        DeliveredSignal,
-        DeliveryCheck,
         DeliveryInput,
         EventKind,
         OperatorCommand,
@@ -420,54 +425,3 @@ class OrderSagaWorkflow:
             "awaiting": self._awaiting,
             "completed": [s.value for s in self._completed],
         }
-
-
-@workflow.defn(name="DeliveryTracking")
-class DeliveryTrackingWorkflow:
-    """Waits for the parcel to arrive: a `delivered` signal (carrier webhook or staff), or
-    the carrier saying so when asked. Continues-as-new every few checks to keep its history small."""
-
-    def __init__(self) -> None:
-        self._delivered: DeliveredSignal | None = None
-        self._checks_done = 0
-
-    @workflow.signal
-    def delivered(self, signal: DeliveredSignal) -> None:
-        if self._delivered is None:
-            self._delivered = signal
-
-    @workflow.query
-    def checks_done(self) -> int:
-        """Carrier checks made across all runs of this tracker."""
-        return self._checks_done
-
-    @workflow.run
-    async def run(self, input: DeliveryInput) -> str:
-        check = DeliveryCheck(order_id=input.order_id)
-        interval = timedelta(seconds=input.check_interval_seconds)
-        self._checks_done = input.checks_done
-        for _ in range(input.checks_per_run):
-            try:
-                await workflow.wait_condition(lambda: self._delivered is not None, timeout=interval)
-            except asyncio.TimeoutError:
-                status = await workflow.execute_activity(
-                    activities.check_delivery, check, start_to_close_timeout=timedelta(seconds=30)
-                )
-                self._checks_done += 1
-                if status.delivered:
-                    self._delivered = DeliveredSignal(source="carrier")
-            if self._delivered is not None:
-                await workflow.execute_activity(
-                    activities.mark_delivered,
-                    DeliveryCheck(order_id=input.order_id, source=self._delivered.source),
-                    start_to_close_timeout=timedelta(seconds=30),
-                )
-                return "delivered"
-        workflow.continue_as_new(
-            DeliveryInput(
-                order_id=input.order_id,
-                check_interval_seconds=input.check_interval_seconds,
-                checks_per_run=input.checks_per_run,
-                checks_done=self._checks_done,
-            )
-        )
