@@ -26,6 +26,24 @@ class GatewayUnavailable(OrderError):
     """The payment gateway or carrier is down or timing out. Retried, then stuck."""
 
 
+class ServiceCircuitOpen(GatewayUnavailable):
+    """The service's circuit breaker is open (orders.circuit_breaker): the call was not
+    made. Retryable, and not the step's failure: the saga waits `retry_after` seconds (the
+    cool-off left, or a moment while a probe is in flight) without counting the attempt."""
+
+    def __init__(self, service: str, label: str, *, retry_after: float, probing: bool = False):
+        self.service = service
+        self.label = label
+        self.retry_after = max(retry_after, 0.0)
+        self.probing = probing
+        super().__init__(self.waiting_detail)
+
+    @property
+    def waiting_detail(self) -> str:
+        when = "a probe is in flight" if self.probing else f"next probe in {self.retry_after:.0f} s"
+        return f"waiting: {self.label[:1].lower()}{self.label[1:]} down (circuit open), {when}"
+
+
 class ShippingRejected(OrderError):
     """The carrier refused the shipment. Never retried: the saga compensates."""
 

@@ -7,14 +7,17 @@ the service records 'succeeded' in the same transaction as its effect.
 """
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from django.db import close_old_connections, transaction
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from ..errors import NON_RETRYABLE_ERRORS, OrderError
+from ..circuit_breaker import breaker_for
+from ..errors import NON_RETRYABLE_ERRORS, OrderError, ServiceCircuitOpen
 
 from ..services import inventory, notifications, ordering, payments, shipping
+from ..services.outages import saga_step_waiting
 from ..services.saga import saga_step_failed, saga_step_started, saga_transition_record
 from .shared import (
     DeliveryCheck,
@@ -65,6 +68,8 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
                 return StepResult(detail=body(attempt))
         started()
         return StepResult(detail=body(attempt))
+    except ServiceCircuitOpen as exc:
+        raise _waiting_for_circuit(inp, exc, attempt=attempt, compensation=compensation) from exc
     except Exception as exc:
         if own_database_only:
             started()  # it rolled back with the effect
@@ -80,6 +85,20 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
         raise
     finally:
         close_old_connections()
+
+
+def _waiting_for_circuit(inp: StepInput, exc: ServiceCircuitOpen, *, attempt: int,
+                         compensation: bool) -> ApplicationError:
+    """The service's breaker is open: the call was not made. Recorded as waiting, not as a
+    failed attempt; Temporal retries after the cool-off left (next_retry_delay), and the
+    workflow does not count it toward stuck (orders.saga.order_saga)."""
+    saga_step_waiting(order_id=inp.order_id, step=inp.step.value, attempt=attempt, detail=exc.waiting_detail,
+                      compensation=compensation)
+    breaker_for(exc.service).waiting_note(inp.order_id)
+    return ApplicationError(
+        exc.waiting_detail, exc.retry_after, type=ServiceCircuitOpen.__name__,
+        next_retry_delay=timedelta(seconds=max(exc.retry_after, 0.2)), category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 @_activity("validate_order", queue=ORDERS_QUEUE_ACTIVITIES)
