@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from ops.models import OperatorAction
+from orders.models import OperatorAction
 
 from .test_ops_data import audit_row, followup_order, placed_order, resolved_followup, shelf, stuck_order
 

@@ -15,10 +15,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from ops.models import OperatorAction
-from orders.forms import OrderCreateForm
+from orders.models import OperatorAction
+from ops.order_pages.forms import OrderCreateForm
 from orders.models import FollowUp, Order, Payment, Reservation, SagaEvent
-from orders.selectors import saga_timeline
+from orders.selectors.timeline import saga_timeline
 
 from .factories import make_order, make_product
 
@@ -38,9 +38,11 @@ def order_in_state(*, saga_status="running", status="processing", step="charge",
 
 
 def events_add(order: Order, events: list[tuple]) -> None:
-    """(step, kind, detail[, attempt]) rows, as the saga's activities record them."""
+    """(step, kind, detail[, attempt[, operator action]]) rows, as the saga's activities record them."""
     SagaEvent.objects.bulk_create(
-        SagaEvent(order=order, step=e[0], kind=e[1], detail=e[2], attempt=e[3] if len(e) > 3 else 1) for e in events
+        SagaEvent(order=order, step=e[0], kind=e[1], detail=e[2], attempt=e[3] if len(e) > 3 else 1,
+                  operator_action=e[4] if len(e) > 4 else None)
+        for e in events
     )
 
 
@@ -214,7 +216,7 @@ def test_list_pages_without_overlap(client_as):
 
 
 def test_list_count_stops_at_the_cap(client_as, monkeypatch):
-    monkeypatch.setattr("orders.selectors.COUNT_CAP", 20)
+    monkeypatch.setattr("ops.order_pages.selectors.COUNT_CAP", 20)
     product = make_product(stock=1000)
     for _ in range(60):
         order_in_state(products=[(product, 1)])
@@ -325,8 +327,8 @@ def test_timeline_names_who_sent_signals(client_as, staff_user):
                                            outcome="applied")
     ignored = OperatorAction.objects.create(order=order, action="compensate", actor=alice, outcome="ignored",
                                             outcome_detail="compensate ignored: the saga is not stuck")
-    events_add(order, [("charge", "signal", f"retry requested (action #{action.pk}): gateway is back"),
-                       ("charge", "ignored", ignored.outcome_detail)])
+    events_add(order, [("charge", "signal", f"retry requested (action #{action.pk}): gateway is back", 1, action),
+                       ("charge", "ignored", ignored.outcome_detail, 1, ignored)])
     timeline = saga_timeline(order)
     charge = next(s for s in timeline.steps if s.step == "charge")
     operator_events = [(e.kind, e.actor, e.reason) for e in charge.events if e.operator]
