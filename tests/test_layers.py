@@ -4,7 +4,6 @@ customers reach); nothing under orders/ imports ops, not even inside a function.
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
