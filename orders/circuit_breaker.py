@@ -2,7 +2,9 @@
 
 When most calls in a sliding window fail because the service is down (GatewayUnavailable,
 a timeout), the breaker opens: calls fail fast with ServiceCircuitOpen, which tells the
-saga how long to wait, instead of burning its attempts. After the cool-off ONE call is let
+saga how long to wait, instead of burning its attempts. The call that opens it and a
+failed probe raise ServiceCircuitOpen too (from the service's error): from then on the
+outage is the service's, not any one saga's. After the cool-off ONE call is let
 through as a probe (half-open): its success closes the breaker, its failure reopens it for
 another cool-off. Declines and refusals are answers, so they count as successes; any other
 error (our own database, a bug) counts as neither.
@@ -243,9 +245,14 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            if permit.decision != "unguarded":
-                self._record(_outcome_of(exc) if isinstance(exc, Exception) else "neither", permit.token,
-                             error=str(exc))
+            if permit.decision == "unguarded":
+                raise
+            state = self._record(_outcome_of(exc) if isinstance(exc, Exception) else "neither", permit.token,
+                                 error=str(exc))
+            if state == OPEN and counts_as_failure(exc):
+                # This call opened the circuit, or was the probe that failed: the service is
+                # down, which is not this caller's failure any more than the next caller's.
+                raise ServiceCircuitOpen(self.name, self.label, retry_after=self.config.cool_off_seconds) from exc
             raise
         if permit.decision != "unguarded":
             self._record("success", permit.token)
@@ -269,7 +276,7 @@ class CircuitBreaker:
             logger.info("circuit breaker %s: half-open, letting one probe through", self.name)
         return _Permit(decision, wait, state, token if decision == "probe" else "")
 
-    def _record(self, outcome: str, token: str, *, error: str = "") -> None:
+    def _record(self, outcome: str, token: str, *, error: str = "") -> str | None:
         config = self.config
 
         def record(client, keys):
@@ -285,6 +292,7 @@ class CircuitBreaker:
             logger.warning("circuit breaker %s: probe succeeded, closed", self.name)
         elif state == OPEN and outcome == "failure":
             logger.warning("circuit breaker %s: open for %s s after: %s", self.name, config.cool_off_seconds, error)
+        return state
 
     # --- the dashboard's view, and the sagas waiting --------------------------------
 

@@ -28,8 +28,11 @@ class GatewayUnavailable(OrderError):
 
 class ServiceCircuitOpen(GatewayUnavailable):
     """The service's circuit breaker is open (orders.circuit_breaker): the call was not
-    made. Retryable, and not the step's failure: the saga waits `retry_after` seconds (the
-    cool-off left, or a moment while a probe is in flight) without counting the attempt."""
+    made, or it was the call that opened the circuit or a probe that failed (then its
+    __cause__ is the service's error, and like any unavailable call it may have acted:
+    the idempotency key covers the retry). Retryable, and not the step's failure: the saga
+    waits `retry_after` seconds (the cool-off left, or a moment while a probe is in
+    flight) without counting the attempt."""
 
     def __init__(self, service: str, label: str, *, retry_after: float, probing: bool = False):
         self.service = service

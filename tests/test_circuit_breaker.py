@@ -66,7 +66,9 @@ def test_opens_when_the_failure_ratio_is_reached_with_enough_calls(make_breaker)
     assert breaker.call(ok) == "ok"
     fail(breaker)
     assert breaker.state().state == CLOSED  # 1 failure in 3 calls: below both thresholds
-    fail(breaker)
+    with pytest.raises(ServiceCircuitOpen) as raised:
+        breaker.call(down)  # the call that opens it: the outage is the service's from now on
+    assert isinstance(raised.value.__cause__, GatewayUnavailable) and raised.value.retry_after == 30
     state = breaker.state()
     assert state.state == OPEN and state.opened_at is not None and "timed out" in state.last_error
     assert 29 < state.retry_in_seconds <= 30
