@@ -62,3 +62,10 @@ NON_RETRYABLE_ERRORS = [
     PaymentDeclined.__name__,
     ShippingRejected.__name__,
 ]
+
+# Retryable errors that are not the step's failure: a saga whose step ends on one of these
+# runs the step again instead of counting it toward stuck (the workflow's classification of
+# lost attempts should consult this list).
+NOT_COUNTED_TOWARD_STUCK = [
+    ServiceCircuitOpen.__name__,
+]

@@ -206,7 +206,8 @@ CIRCUIT_BREAKER_ENABLED = env_bool("CIRCUIT_BREAKER_ENABLED", True)
 CIRCUIT_BREAKER_WINDOW_SECONDS = int(os.environ.get("CIRCUIT_BREAKER_WINDOW_SECONDS", "60"))
 CIRCUIT_BREAKER_FAILURE_RATIO = env_float("CIRCUIT_BREAKER_FAILURE_RATIO", 0.5)
 CIRCUIT_BREAKER_MIN_CALLS = int(os.environ.get("CIRCUIT_BREAKER_MIN_CALLS", "10"))
-CIRCUIT_BREAKER_COOL_OFF_SECONDS = env_float("CIRCUIT_BREAKER_COOL_OFF_SECONDS", 30)
+# Shorter than the charge step's start-to-close (30 s), so a step can wait it out within one attempt.
+CIRCUIT_BREAKER_COOL_OFF_SECONDS = env_float("CIRCUIT_BREAKER_COOL_OFF_SECONDS", 20)
 # A probe that has not answered in this long is presumed lost with its worker: another may probe.
 CIRCUIT_BREAKER_PROBE_TIMEOUT_SECONDS = env_float("CIRCUIT_BREAKER_PROBE_TIMEOUT_SECONDS", 35)
 CIRCUIT_BREAKER_REDIS_URL = os.environ.get("CIRCUIT_BREAKER_REDIS_URL", REDIS_URL)
