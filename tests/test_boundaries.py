@@ -250,3 +250,54 @@ async def test_refund_refused_for_good_records_no_refund(saga_env):
     assert await sync_to_async(ledger)(order) == [("charge", key)] == await sync_to_async(gateway_books)(order)
     state = await sync_to_async(order_state)(order.pk)
     assert state.status != OrderStatus.FAILED
+
+
+# --- reconciliation compares our ledger with the outside world's books ------------------------
+
+
+def test_reconciliation_finds_money_and_parcels_held_outside(temporal_server, settings):
+    from ops.models import Discrepancy
+    from ops.reconciliation import reconciliation_run_create, reconciliation_run_execute
+    from ops.models import ReconciliationRun
+
+    from .background_support import order_backdate
+    from .saga_states import order_compensated_at_confirm, order_completed, order_finished
+
+    settings.RECONCILIATION_GRACE_SECONDS = 0
+    Kind = Discrepancy.Kind
+    product = make_product(stock=10)
+
+    # Failed before our ledger had a row; the gateway took the money all the same, and the
+    # carrier printed a label (planted straight into the sandbox's books).
+    held = make_order(products=[(product, 1)], start_saga=False)
+    order_running(held)
+    order_finished(held, saga_status="compensated", detail="Inventory confirmation failed")
+    payment_gateway().charge(ChargeRequest(idempotency_key=f"{held.workflow_id}:charge", order_id=held.pk,
+                                           amount=held.total, currency=held.currency,
+                                           customer_email=held.customer_email))
+    shipping_carrier().book_parcel(order_id=held.pk, shipment_key=f"{held.workflow_id}:ship", parcel_number=1)
+
+    # Completed, but the gateway's amount under the charge key is not ours.
+    differs = make_order(products=[(product, 1)], start_saga=False)
+    order_completed(differs)
+    SandboxPaymentRecord.objects.filter(idempotency_key=f"{differs.workflow_id}:charge").update(amount=1)
+
+    clean_completed = make_order(products=[(product, 1)], start_saga=False)
+    order_completed(clean_completed)
+    clean_compensated = make_order(products=[(product, 1)], start_saga=False)
+    order_compensated_at_confirm(clean_compensated)
+    for order in (held, differs, clean_completed, clean_compensated):
+        order_backdate(order.pk, 3600)
+
+    run = reconciliation_run_execute(run_id=reconciliation_run_create(trigger=ReconciliationRun.Trigger.MANUAL).pk)
+    found = {(d.kind, d.order_id): d.detail for d in run.discrepancies.all()}
+    assert set(found) == {
+        (Kind.MONEY_AT_GATEWAY, held.pk),
+        (Kind.GATEWAY_UNRECORDED, held.pk),
+        (Kind.PARCEL_NOT_CANCELLED, held.pk),
+        (Kind.GATEWAY_MISMATCH, differs.pk),
+    }
+    assert f"the gateway holds {held.total} {held.currency}" in found[(Kind.MONEY_AT_GATEWAY, held.pk)]
+    assert f"{held.workflow_id}:charge" in found[(Kind.GATEWAY_UNRECORDED, held.pk)]
+    assert "parcel(s) 1 booked" in found[(Kind.PARCEL_NOT_CANCELLED, held.pk)]
+    assert "a charge of 1.00" in found[(Kind.GATEWAY_MISMATCH, differs.pk)]
