@@ -4,15 +4,15 @@ however many rows there are.
 """
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from django.db.models import BooleanField, Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
-from orders.models import FollowUp, Order, SagaEvent
+from orders.models import FollowUp, OperatorAction, Order, SagaEvent
 from orders.status import OrderStatus, SagaStatus, Step
 
-from .models import OperatorAction
+from .dates import day_start
 
 RECENT_ACTIVITY_LIMIT = 20
 RESOLVED_RECENTLY_DAYS = 7
@@ -173,10 +173,6 @@ class AuditFilters:
     date_to: date | None = None
 
 
-def _day_start(day) -> datetime:
-    return timezone.make_aware(datetime.combine(day, time.min))
-
-
 def order_number_normalize(text: str) -> str:
     """'SO-000042', 'so-42' and '42' all name order SO-000042."""
     text = text.strip().upper()
@@ -203,7 +199,7 @@ def operator_actions(filters: AuditFilters) -> QuerySet[OperatorAction]:
         conditions &= Q(order__number=order_number_normalize(filters.order_number))
     # Ranges on the column itself (not created_at__date) so its index serves them.
     if filters.date_from:
-        conditions &= Q(created_at__gte=_day_start(filters.date_from))
+        conditions &= Q(created_at__gte=day_start(filters.date_from))
     if filters.date_to:
-        conditions &= Q(created_at__lt=_day_start(filters.date_to + timedelta(days=1)))
+        conditions &= Q(created_at__lt=day_start(filters.date_to + timedelta(days=1)))
     return actions.filter(conditions).order_by("-created_at", "-id")

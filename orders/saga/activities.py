@@ -155,15 +155,10 @@ def notify_customer(inp: StepInput) -> StepResult:
 
 @_activity("record_transition", queue=ORDERS_QUEUE_ACTIVITIES)
 def record_transition(transition: SagaTransition) -> None:
-    from ops.services import operator_action_outcome_record  # ops builds on orders
-
+    """The event, the order's saga state and, for an operator command, its outcome."""
     close_old_connections()
     try:
         saga_transition_record(transition)
-        if transition.action_id is not None:
-            operator_action_outcome_record(
-                action_id=transition.action_id, outcome=transition.action_outcome, detail=transition.detail
-            )
     finally:
         close_old_connections()
 
