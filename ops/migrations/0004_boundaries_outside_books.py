@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ops', '0002_background_operations'),
+        ('ops', '0003_operatoraction_to_orders'),
     ]
 
     operations = [
