@@ -301,3 +301,50 @@ def test_reconciliation_finds_money_and_parcels_held_outside(temporal_server, se
     assert f"{held.workflow_id}:charge" in found[(Kind.GATEWAY_UNRECORDED, held.pk)]
     assert "parcel(s) 1 booked" in found[(Kind.PARCEL_NOT_CANCELLED, held.pk)]
     assert "a charge of 1.00" in found[(Kind.GATEWAY_MISMATCH, differs.pk)]
+
+
+# --- the customer page says "not charged" only when the gateway agrees ------------------------
+
+
+def _customer_page(client, order) -> str:
+    from django.urls import reverse
+
+    response = client.get(reverse("customer:status", args=[order.public_token]))
+    assert response.status_code == 200
+    return response.content.decode().replace("&#x27;", "'")
+
+
+def test_customer_page_says_not_charged_only_when_the_gateway_agrees(client):
+    from .saga_states import order_finished
+
+    order = make_order(start_saga=False)
+    order_running(order)
+    order_finished(order, saga_status="compensated", detail="Inventory confirmation failed")
+    assert "You have not been charged." in _customer_page(client, order)
+
+    # The gateway took money our ledger never heard of (the answer lost, not yet refunded).
+    payment_gateway().charge(ChargeRequest(idempotency_key=f"{order.workflow_id}:charge", order_id=order.pk,
+                                           amount=order.total, currency=order.currency,
+                                           customer_email=order.customer_email))
+    html = _customer_page(client, order)
+    assert "not been charged" not in html
+    assert "If any payment was taken, we'll refund it in full." in html
+
+    # Once the compensation found and refunded it, the page says so.
+    key = f"{order.workflow_id}:charge"
+    payments.payment_refund(order_id=order.pk, charge_key=key, idempotency_key=f"{key}:compensate", attempt=1)
+    assert "We've refunded your payment in full." in _customer_page(client, order)
+
+
+def test_customer_page_of_a_charge_not_yet_refunded_says_it_will_be(client, settings):
+    from .saga_states import order_finished
+
+    order = make_order(start_saga=False, fault_plan={"refund": "fail"})
+    order_running(order)
+    key = f"{order.workflow_id}:charge"
+    payments.payment_charge(order_id=order.pk, idempotency_key=key, attempt=1)
+    with pytest.raises(RefundRefused):
+        payments.payment_refund(order_id=order.pk, charge_key=key, idempotency_key=f"{key}:compensate", attempt=1)
+    order_finished(order, saga_status="cancelled", detail="Cancelled by staff")
+    html = _customer_page(client, order)
+    assert "not been charged" not in html and "We're refunding your payment in full." in html
