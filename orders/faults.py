@@ -51,8 +51,8 @@ PRESETS = {
     "refund_refused": ("Inventory fails, then the gateway refuses the refund (compensation stuck)",
                        {"inventory": "fail", "refund": "fail"}),
     "shipping_lost": ("Carrier books but its answer is lost (found by lookup)", {"shipping": "lost_response:1"}),
-    "cancel_refused": ("Notification fails, staff compensate, the carrier refuses to cancel",
-                       {"notify": "fail", "shipping_cancel": "fail"}),
+    "cancel_refused": ("Carrier refuses the shipment, then refuses to cancel it (compensation stuck)",
+                       {"shipping": "fail", "shipping_cancel": "fail"}),
 }
 
 
