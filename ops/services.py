@@ -1,4 +1,4 @@
-"""Operator actions on sagas: retry, compensate, cancel, resend, resolve.
+"""Operator actions on sagas: retry, compensate, cancel, resend, resolve, retry compensation.
 
 Each is a permission check, an audit row, then the Temporal signal carrying that row's id.
 The workflow acts at most once per id and reports back (applied / ignored) through
@@ -29,6 +29,7 @@ ACTION_PERMISSIONS = {
     Action.CANCEL: "ops.operate_saga",
     Action.RESEND: "ops.work_followups",
     Action.RESOLVED: "ops.work_followups",
+    Action.RETRY_COMPENSATION: "ops.operate_saga",
 }
 
 
@@ -41,10 +42,13 @@ def operator_action_check(order: Order, action: str) -> str | None:
     if action in (Action.RETRY, Action.COMPENSATE):
         if order.saga_status != SagaStatus.STUCK:
             return f"Order {order.number} is not stuck (its saga is {order.get_saga_status_display()})."
+    elif action == Action.RETRY_COMPENSATION:
+        if order.saga_status != SagaStatus.COMPENSATION_STUCK:
+            return f"Order {order.number} has no stuck compensation (its saga is {order.get_saga_status_display()})."
     elif action == Action.CANCEL:
         if order.saga_status in TERMINAL_SAGA_STATUSES:
             return f"Order {order.number} is already {order.get_saga_status_display()}."
-        if order.saga_status == SagaStatus.COMPENSATING:
+        if order.saga_status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_STUCK):
             return f"Order {order.number} is already being rolled back."
         if order.current_step and order.current_step not in {s.value for s in CANCELLABLE_STEPS}:
             return f"Order {order.number} can no longer be cancelled: shipping has been arranged."
@@ -108,6 +112,11 @@ def saga_retry(*, order_id: int, actor, reason: str = "") -> OperatorAction:
 
 def saga_compensate(*, order_id: int, actor, reason: str = "") -> OperatorAction:
     return operator_action_request(order_id=order_id, action=Action.COMPENSATE, actor=actor, reason=reason)
+
+
+def saga_retry_compensation(*, order_id: int, actor, reason: str = "") -> OperatorAction:
+    """Run the compensations that could not complete again (the saga is compensation_stuck)."""
+    return operator_action_request(order_id=order_id, action=Action.RETRY_COMPENSATION, actor=actor, reason=reason)
 
 
 def order_cancel(*, order_id: int, actor, reason: str = "") -> OperatorAction:
