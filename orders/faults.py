@@ -14,7 +14,7 @@ from django.conf import settings
 
 from .models import Order
 
-SERVICES = ("payment", "inventory", "shipping", "notify")
+SERVICES = ("payment", "refund", "inventory", "shipping", "shipping_cancel", "notify")
 
 # What each service can be told to do. "transient:N" fails N calls per idempotency key
 # then succeeds; "crash_after:N" (shipping) fails once after booking N parcels, to
@@ -22,8 +22,12 @@ SERVICES = ("payment", "inventory", "shipping", "notify")
 # order: it is a SandboxOutage row, see orders.adapters.sandbox.sandbox_outage_set.
 _ALLOWED = {
     "payment": re.compile(r"^(decline|transient:\d+)$"),
+    # Compensations: a refund the gateway refuses (fail: until the plan changes) or times
+    # out N times, and a shipment cancel the carrier refuses.
+    "refund": re.compile(r"^(fail|transient:\d+)$"),
     "inventory": re.compile(r"^(fail)$"),
     "shipping": re.compile(r"^(fail|transient:\d+|crash_after:\d+)$"),
+    "shipping_cancel": re.compile(r"^(fail|transient:\d+)$"),
     "notify": re.compile(r"^(fail|transient:\d+)$"),
 }
 
@@ -35,6 +39,8 @@ PRESETS = {
     "inventory_failure": ("Inventory confirmation fails", {"inventory": "fail"}),
     "shipping_failure": ("Carrier refuses shipment", {"shipping": "fail"}),
     "notify_failure": ("Customer notification fails (follow-up)", {"notify": "fail"}),
+    "refund_stuck": ("Inventory fails, then the refund times out (compensation stuck, retry works)",
+                     {"inventory": "fail", "refund": "transient:6"}),
 }
 
 

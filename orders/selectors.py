@@ -28,7 +28,7 @@ from .models import (
 )
 from .saga.shared import STEP_LABELS, StepName
 from .temporal_client import workflow_ui_url
-from .status import TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
+from .status import STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
 
 Kind = SagaEvent.Kind
 
@@ -101,7 +101,7 @@ def order_list_queryset(filters: OrderListFilters) -> QuerySet[Order]:
         qs = qs.filter(status=filters.status)
     saga_statuses = {s for s in (filters.saga_status,) if s}
     if filters.stuck:
-        saga_statuses.add(SagaStatus.STUCK)
+        saga_statuses.update(STUCK_SAGA_STATUSES)
     if filters.needs_followup:
         saga_statuses.add(SagaStatus.NEEDS_FOLLOWUP)
     if len(saga_statuses) == 1:
@@ -324,7 +324,7 @@ def saga_timeline_build(order: Order, events: list[SagaEvent], actions: list[Ope
             continue
         undoing = event.kind in (Kind.COMPENSATING, Kind.COMPENSATED)
         # A failure after the step's compensation began is the compensation failing.
-        if undoing or (event.kind == Kind.FAILED and event.step in compensations):
+        if undoing or (event.kind in (Kind.FAILED, Kind.STUCK) and event.step in compensations):
             track = compensations.get(event.step)
             if track is None:
                 track = compensations[event.step] = StepTrack(
@@ -405,8 +405,10 @@ ACTION_COPY = {
                "Resend the notification for {number} to {email}?"),
     "resolved": ("Mark follow-up resolved", "closes the follow-up: staff reached the customer another way",
                  "Mark the follow-up of {number} as resolved? The saga finishes without notifying again."),
+    "retry_compensation": ("Retry compensation", "runs the compensations that could not complete again",
+                           "Retry the stuck compensation of {number}? The saga runs the undo that failed again."),
 }
-ACTION_ORDER = ("retry", "compensate", "cancel", "resend", "resolved")
+ACTION_ORDER = ("retry", "retry_compensation", "compensate", "cancel", "resend", "resolved")
 
 
 @dataclass

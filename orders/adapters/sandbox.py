@@ -54,6 +54,16 @@ def _simulate_conditions(service: str, key: str, plan: dict) -> Fault:
     return fault
 
 
+def _refuse_compensation(service: str, key: str, plan: dict, refusal: type[Exception], message: str) -> None:
+    """Faults of an undo (refund, shipment cancel): "fail" refuses every call while the
+    plan says so; "transient:N" times out N calls per key, then works."""
+    fault = fault_for(plan, service)
+    if fault.kind == "fail":
+        raise refusal(message)
+    if fault.kind == "transient":
+        sandbox_fail_transiently(service, key, fault.count, GatewayUnavailable)
+
+
 class SandboxPaymentGateway:
     def charge(self, request: ChargeRequest) -> GatewayReceipt:
         fault = _simulate_conditions("payment", request.idempotency_key, order_fault_plan(request.order_id))
@@ -65,6 +75,8 @@ class SandboxPaymentGateway:
         plan = order_fault_plan(request.order_id)
         # A declining card must not make refunds fail too: only outages apply here.
         _simulate_conditions("payment", request.idempotency_key, {k: v for k, v in plan.items() if k != "payment"})
+        _refuse_compensation("refund", request.idempotency_key, plan, GatewayUnavailable,
+                             "gateway refused the refund (sandbox fault)")
         return self._book(request.idempotency_key, "refund", request.amount, request.currency)
 
     @staticmethod
@@ -93,6 +105,8 @@ class SandboxCarrier:
 
     def cancel(self, *, order_id: int, shipment_key: str) -> None:
         _simulate_conditions("shipping", shipment_key + ":cancel", {})
+        _refuse_compensation("shipping_cancel", shipment_key + ":cancel", order_fault_plan(order_id), ShippingRejected,
+                             "carrier refused to cancel the shipment: already handed over (sandbox fault)")
         SandboxParcel.objects.filter(shipment_key=shipment_key).update(cancelled=True)
 
     def is_delivered(self, *, order_id: int, shipment_key: str) -> bool:

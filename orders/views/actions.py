@@ -1,5 +1,5 @@
 """POST /orders/<pk>/actions/<action>/: one operator action (retry, compensate, cancel,
-resend, resolved) through ops.services.operator_action_request.
+resend, resolved, retry_compensation) through ops.services.operator_action_request.
 
 Shared by the detail page and the ops queues. htmx posts aimed at the detail page's
 buttons (HX-Target order-actions-<pk>) get the refreshed buttons; other htmx posts get a
@@ -35,6 +35,7 @@ SUCCESS_MESSAGES = {
     "cancel": "Cancellation sent to the saga of {number}: it stops and undoes what it did.",
     "resend": "Resend sent to the saga of {number}: the customer is being notified again.",
     "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
+    "retry_compensation": "Retry sent to the saga of {number}: the compensation that failed runs again.",
 }
 
 
