@@ -39,7 +39,8 @@ def recorded_histories() -> list[Path]:
 
 @pytest.mark.parametrize("path", recorded_histories(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 async def test_recorded_history_replays(path: Path):
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    # Files are named <path>-<workflow id>: the id matters (the tracker's id derives from it).
+    history = WorkflowHistory.from_json(path.stem.split("-", 1)[1], path.read_text())
     await replayer().replay_workflow(history)
 
 
