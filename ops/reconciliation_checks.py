@@ -54,7 +54,9 @@ Kind = Discrepancy.Kind
 
 COMPLETED_STATUSES = {OrderStatus.COMPLETED, OrderStatus.DELIVERED}
 UNDONE_STATUSES = {OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.REJECTED}
-WORKFLOW_ID = re.compile(r"^(order|delivery)-(\d+)$")
+# `order-<pk>-<random>` (and its tracker `delivery-<pk>-<random>`); orders placed before
+# the random part have `order-<pk>`.
+WORKFLOW_ID = re.compile(r"^(order|delivery)-(\d+)(?:-[A-Za-z0-9]+)?$")
 
 
 class TemporalCheckFailed(Exception):

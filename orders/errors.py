@@ -65,6 +65,12 @@ class NotificationFailed(OrderError):
     """The customer could not be notified. Retried a little, then a follow-up."""
 
 
+class InfrastructureUnavailable(OrderError):
+    """Our own database or Redis failed during a step. Never the customer's or the
+    gateway's fault: retried, and the saga runs the step again instead of going stuck
+    or opening a follow-up (orders.saga.activities classifies these)."""
+
+
 NON_RETRYABLE_ERRORS = [
     OrderInvalid.__name__,
     OutOfStock.__name__,

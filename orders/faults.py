@@ -28,6 +28,8 @@ SERVICES = ("payment", "refund", "inventory", "shipping", "shipping_cancel", "no
 # app's outage switch (sandbox.adapters.sandbox_outage_set).
 _ALLOWED = {
     "payment": re.compile(r"^(decline|transient:\d+|lost_response:\d+)$"),
+    # Compensations: a refund the gateway refuses (fail: until the plan changes) or times
+    # out N times, and a shipment cancel the carrier refuses.
     "refund": re.compile(r"^(fail|transient:\d+)$"),
     "inventory": re.compile(r"^(fail)$"),
     "shipping": re.compile(r"^(fail|transient:\d+|crash_after:\d+|lost_response:\d+)$"),
@@ -53,6 +55,8 @@ PRESETS = {
     "shipping_lost": ("Carrier books but its answer is lost (found by lookup)", {"shipping": "lost_response:1"}),
     "cancel_refused": ("Carrier refuses the shipment, then refuses to cancel it (compensation stuck)",
                        {"shipping": "fail", "shipping_cancel": "fail"}),
+    "refund_stuck": ("Inventory fails, then the refund times out (compensation stuck, retry works)",
+                     {"inventory": "fail", "refund": "transient:6"}),
 }
 
 
