@@ -34,7 +34,6 @@ from ops.services import (
     saga_retry,
     saga_retry_compensation,
 )
-from orders.adapters.sandbox import sandbox_outage_set
 from orders.errors import GatewayUnavailable, InventoryFailure
 from orders.models import (
     FollowUp,
@@ -45,16 +44,17 @@ from orders.models import (
     Product,
     Reservation,
     SagaEvent,
-    SandboxPaymentRecord,
     Shipment,
     StockMovement,
 )
 from orders.saga import activities
 from orders.saga import search_attributes as sa
 from orders.saga.shared import StepInput, StepResult
-from orders.saga.worker import activity_name
 from orders.services.saga import saga_input_for
 from orders.status import OrderStatus, SagaStatus
+
+from sandbox.adapters import sandbox_outage_set
+from sandbox.models import SandboxPaymentRecord
 
 from .conftest import order_state, wait_for
 from .factories import make_order, make_product
@@ -96,8 +96,7 @@ def _warehouse_error(mode: str) -> str:
     raise GatewayUnavailable("warehouse system timed out (test fault)")
 
 
-def _troubled(real):
-    name = activity_name(real)
+def _troubled(name: str, real):
 
     def run(inp: StepInput) -> StepResult:
         if name == "charge_payment" and _take(LOSE_CHARGE, inp.order_id):
@@ -124,15 +123,15 @@ def _troubled(real):
     return activity.defn(name=name)(run)
 
 
-OVERRIDES = [
-    _troubled(fn) for fn in (
-        activities.validate_order, activities.reserve_inventory, activities.charge_payment,
-        activities.confirm_inventory, activities.arrange_shipping, activities.notify_customer,
-        activities.release_reservation, activities.restock_inventory,
+_REGISTERED = {**activities.ORDERS_QUEUE_ACTIVITIES, **activities.PAYMENTS_QUEUE_ACTIVITIES}
+OVERRIDES = {
+    name: _troubled(name, _REGISTERED[name]) for name in (
+        "validate_order", "reserve_inventory", "charge_payment", "confirm_inventory", "arrange_shipping",
+        "notify_customer", "release_reservation", "restock_inventory",
     )
-]
+}
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.activity_overrides(*OVERRIDES)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.activity_overrides(**OVERRIDES)]
 
 
 @pytest.fixture(autouse=True)
@@ -361,7 +360,7 @@ async def test_compensation_failing_transiently_completes(saga_env, which):
 @pytest.mark.parametrize("which", list(UNDO))
 async def test_compensation_failing_for_good_is_stuck_until_retried(saga_env, operator_user, which):
     from ops.selectors import dashboard_counts, stuck_orders
-    from orders.selectors import order_actions, user_action_permissions
+    from ops.order_pages.selectors import order_actions, user_action_permissions
 
     order, product = await create()
     await sync_to_async(_arm_undo_fault)(order, which, "fail")
@@ -381,8 +380,7 @@ async def test_compensation_failing_for_good_is_stuck_until_retried(saga_env, op
         # Staff see it: the stuck queue, the dashboard count, and the order's buttons.
         assert order.pk in {o.pk for o in stuck_orders()}
         assert dashboard_counts().stuck_total >= 1
-        options = order_actions(state, user_action_permissions(operator_user)).options
-        assert [o.action for o in options] == ["retry_compensation"]
+        assert order_actions(state, user_action_permissions(operator_user)).actions == ["retry_compensation"]
 
     await while_stuck()
     described = await saga_env.handle(order).describe()
@@ -391,7 +389,7 @@ async def test_compensation_failing_for_good_is_stuck_until_retried(saga_env, op
     action = await sync_to_async(saga_retry_compensation)(order_id=order.pk, actor=operator_user, reason="carrier called back")
     assert await saga_env.result(order) == "compensated"
     await assert_rolled_back(order, product, status=OrderStatus.FAILED, stuck=1)
-    from ops.models import OperatorAction
+    from orders.models import OperatorAction
 
     assert await sync_to_async(lambda: OperatorAction.objects.get(pk=action.pk).outcome)() == "applied"
     assert await sync_to_async(lambda: [s for s, _ in kinds(order, "compensated")].count(step))() == 1
@@ -438,7 +436,7 @@ async def test_a_database_outage_while_notifying_opens_no_follow_up(saga_env):
 def _restore_database_to_before(order: Order, product: Product, counters: tuple[int, int, int]) -> None:
     """What a restore from a backup taken before `order` does to our rows: the order and
     everything it wrote are gone, stock is as it was, and the id sequence is back."""
-    from ops.models import OperatorAction
+    from orders.models import OperatorAction
 
     for model in (SagaEvent, Payment, StockMovement, Reservation, Shipment, NotificationAttempt, FollowUp,
                   OperatorAction, OrderLine):

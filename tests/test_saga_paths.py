@@ -149,11 +149,15 @@ async def test_notification_failure_goes_to_followup_then_resend_and_resolve(sag
     assert len(mail.outbox) == 1  # only the resent one went out
 
 
-async def test_gateway_outage_leaves_saga_stuck_until_operator_decides(saga_env, operator_user):
+async def test_gateway_outage_leaves_saga_stuck_until_operator_decides(saga_env, operator_user, settings):
     from sandbox.adapters import sandbox_outage_set
     from orders.models import OperatorAction
     from ops.services import saga_compensate, saga_retry
 
+    # Two sagas' failed charges and lookups would open the gateway's circuit breaker, and the
+    # sagas would then wait for it (tests/test_circuit_breaker_saga.py); this is the path of
+    # sagas that give up on their own attempts.
+    settings.CIRCUIT_BREAKER_MIN_CALLS = 1000
     await sync_to_async(sandbox_outage_set)("payment", active=True)
     retried = await create()
     compensated = await create(email="grace@example.com")
