@@ -188,14 +188,37 @@ class Shipment(models.Model):
 
 
 class NotificationAttempt(models.Model):
+    """Our ledger of customer notifications. The key names the message (saga, step and
+    outcome, e.g. `order-42:notify:confirmed`): it is sent once, whatever the retries;
+    failed attempts are rows too and never block a later send."""
+
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="notifications")
     succeeded = models.BooleanField()
     error = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
+    # Blank only on rows from before keys existed.
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"], condition=Q(succeeded=True) & ~Q(idempotency_key=""),
+                name="notification_sent_once_per_key",
+            ),
+        ]
+
+
+class EmailHandoff(models.Model):
+    """What the email adapter handed to Django's mail backend, per message key, committed
+    outside any saga transaction so that it survives our crash (orders.adapters.email)."""
+
+    message_id = models.CharField(max_length=200, unique=True)
+    recipient = models.CharField(max_length=254)
+    started_at = models.DateTimeField(auto_now_add=True)
+    # Set once the backend accepted the message; empty if we died during the hand-over.
+    handed_at = models.DateTimeField(null=True, blank=True)
 
 
 class FollowUp(models.Model):
@@ -236,6 +259,9 @@ class SagaEvent(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     detail = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
+    # Who wrote it, once: a replayed bookkeeping activity or a re-run attempt carries the
+    # same key and writes nothing new (see orders.services.events.saga_event_record).
+    idempotency_key = models.CharField(max_length=255, unique=True, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -292,3 +318,14 @@ class SandboxParcel(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["shipment_key", "parcel_number"], name="sandboxparcel_once"),
         ]
+
+
+class SandboxEmail(models.Model):
+    """The sandbox mailer's own book: like a mail provider that dedupes by idempotency key,
+    it sends a message id once (orders.adapters.sandbox_mail)."""
+
+    message_id = models.CharField(max_length=200, unique=True)
+    to = models.CharField(max_length=254)
+    subject = models.CharField(max_length=300)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
