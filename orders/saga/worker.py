@@ -4,11 +4,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
+from django.core import mail
+from django.template.loader import get_template
 from temporalio.activity import _Definition
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from .. import adapters, broadcast
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
 from .workflows import DeliveryTrackingWorkflow, OrderSagaWorkflow
 
@@ -30,6 +33,14 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+def import_at_start() -> None:
+    """Import (and connect) now what activities and broadcasts would load lazily: an import
+    in another thread while the workflow sandbox has swapped modules has crashed."""
+    broadcast.publisher_start()
+    adapters.payment_gateway(), adapters.shipping_carrier(), adapters.customer_notifier()
+    mail.get_connection(), get_template("orders/email/order_confirmed.txt")
+
+
 def build_workers(
     client: Client,
     *,
@@ -44,6 +55,7 @@ def build_workers(
 
     `activity_overrides` replace activities of the same name (tests simulate crashes so).
     """
+    import_at_start()
     executor = executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity")
     replacements = {activity_name(fn): fn for fn in activity_overrides}
 
