@@ -188,14 +188,37 @@ class Shipment(models.Model):
 
 
 class NotificationAttempt(models.Model):
+    """Our ledger of customer notifications. The key names the message (saga, step and
+    outcome, e.g. `order-42:notify:confirmed`): it is sent once, whatever the retries;
+    failed attempts are rows too and never block a later send."""
+
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="notifications")
     succeeded = models.BooleanField()
     error = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
+    # Blank only on rows from before keys existed.
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"], condition=Q(succeeded=True) & ~Q(idempotency_key=""),
+                name="notification_sent_once_per_key",
+            ),
+        ]
+
+
+class EmailHandoff(models.Model):
+    """What the email adapter handed to Django's mail backend, per message key, committed
+    outside any saga transaction so that it survives our crash (orders.adapters.email)."""
+
+    message_id = models.CharField(max_length=200, unique=True)
+    recipient = models.CharField(max_length=254)
+    started_at = models.DateTimeField(auto_now_add=True)
+    # Set once the backend accepted the message; empty if we died during the hand-over.
+    handed_at = models.DateTimeField(null=True, blank=True)
 
 
 class FollowUp(models.Model):
@@ -276,6 +299,9 @@ class SagaEvent(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     detail = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
+    # Who wrote it, once: a replayed bookkeeping activity or a re-run attempt carries the
+    # same key and writes nothing new (see orders.services.events.saga_event_record).
+    idempotency_key = models.CharField(max_length=255, unique=True, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # The operator command this event answers (a signal applied or ignored), if any.
     operator_action = models.ForeignKey(

@@ -52,6 +52,18 @@ ALLOWED_TRANSITIONS: dict[str, set[str]] = {
 }
 
 
+def status_is_behind(status: str, current: str) -> bool:
+    """Can the order get from `status` to `current` by allowed transitions (is `status` in its past)?"""
+    seen, frontier = set(), [status]
+    while frontier:
+        for nxt in ALLOWED_TRANSITIONS[frontier.pop()] - seen:
+            if nxt == current:
+                return True
+            seen.add(nxt)
+            frontier.append(nxt)
+    return False
+
+
 class InvalidTransition(Exception):
     pass
 

@@ -137,6 +137,10 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Live updates: messages a process may hold for the channel layer before it drops the
+# oldest (counted and logged at most every BROADCAST_DROP_LOG_SECONDS).
+BROADCAST_QUEUE_MAX = int(os.environ.get("BROADCAST_QUEUE_MAX", "10000"))
+BROADCAST_DROP_LOG_SECONDS = env_float("BROADCAST_DROP_LOG_SECONDS", 10)
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True

@@ -58,3 +58,14 @@ class SandboxParcel(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["shipment_key", "parcel_number"], name="sandbox_parcel_once"),
         ]
+
+
+class SandboxEmail(models.Model):
+    """The sandbox mailer's own book: like a mail provider that dedupes by idempotency key,
+    it sends a message id once (sandbox.adapters.SandboxNotifier)."""
+
+    message_id = models.CharField(max_length=200, unique=True)
+    to = models.CharField(max_length=254)
+    subject = models.CharField(max_length=300)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -5,7 +5,9 @@ from decimal import Decimal
 
 from django.db.models import Count
 
-from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
+from django.core import mail
+
+from orders.models import NotificationAttempt, Order, Payment, Product, Reservation, SagaEvent, StockMovement
 from orders.status import ORDER_STATUS_AFTER_SAGA, TERMINAL_SAGA_STATUSES, OrderStatus
 from sandbox.models import SandboxParcel, SandboxPaymentRecord
 
@@ -101,9 +103,28 @@ def assert_terminal_sagas_consistent() -> None:
             )
 
 
+def assert_one_finished_event_per_saga() -> None:
+    """Terminal or not, no saga says 'finished' twice (a replayed bookkeeping activity)."""
+    twice = (SagaEvent.objects.filter(kind=SagaEvent.Kind.FINISHED, step="").values("order_id")
+             .annotate(n=Count("id")).filter(n__gt=1))
+    assert not twice, f"sagas with more than one 'finished' event: {list(twice)}"
+
+
+def assert_no_email_sent_twice() -> None:
+    """Every customer email is sent once per outcome: once in our ledger, once at the mail backend."""
+    twice = (NotificationAttempt.objects.filter(succeeded=True).exclude(idempotency_key="")
+             .values("idempotency_key").annotate(n=Count("id")).filter(n__gt=1))
+    assert not twice, f"notification keys recorded as sent twice: {list(twice)}"
+    message_ids = [m.extra_headers.get("Message-ID") for m in getattr(mail, "outbox", [])]
+    keyed = [m for m in message_ids if m]
+    assert len(keyed) == len(set(keyed)), f"an email went out twice: {sorted(keyed)}"
+
+
 def assert_invariants() -> None:
     assert_stock_conserved()
     assert_money_balances()
     assert_ledger_equals_gateway_books()
     assert_parcels_match_carrier()
     assert_terminal_sagas_consistent()
+    assert_one_finished_event_per_saga()
+    assert_no_email_sent_twice()

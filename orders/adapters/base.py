@@ -113,7 +113,25 @@ class Notification:
     to: str
     subject: str
     body: str
+    # One message per saga, step and outcome (`order-42:notify:confirmed`); also the
+    # email's Message-ID (see message_id_header), so a mail provider can dedupe by it.
+    idempotency_key: str
 
 
 class CustomerNotifier(Protocol):
+    """Sends once per key: a notifier asked to send a key it already sent does nothing."""
+
     def send(self, notification: Notification) -> None: ...
+
+    def sent_lookup(self, idempotency_key: str) -> bool:
+        """Did a message with this key certainly go out (an earlier attempt whose answer we lost)?"""
+        ...
+
+
+def message_id_header(idempotency_key: str, sender: str) -> str:
+    """The RFC 5322 Message-ID for a notification key, on the sender's domain.
+
+    A key's colons are not allowed left of the @, so they become dots (keys contain no dots).
+    """
+    domain = sender.rpartition("@")[2] or "localhost"
+    return f"<{idempotency_key.replace(':', '.')}@{domain}>"

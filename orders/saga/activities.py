@@ -126,10 +126,14 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
 
 def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bool, started_detail: str,
                  own_database_only: bool) -> StepResult:
-    attempt = activity.info().attempt
+    info = activity.info()
+    attempt = info.attempt
+    # The activity id tells a second run of the step (an operator's retry) from a re-run
+    # of the same attempt after a crash, which must write nothing new.
+    round_key = f"{inp.idempotency_key}:{info.activity_id}"
 
     def started():
-        saga_step_started(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
+        saga_step_started(order_id=inp.order_id, step=inp.step.value, step_key=round_key, attempt=attempt,
                           compensation=compensation, detail=started_detail)
 
     try:
@@ -156,7 +160,7 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
             ) from exc
         if own_database_only:
             started()  # it rolled back with the effect
-        saga_step_failed(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
+        saga_step_failed(order_id=inp.order_id, step=inp.step.value, step_key=round_key, attempt=attempt,
                          error=f"{'Compensation failed: ' if compensation else ''}{exc}")
         if isinstance(exc, OrderError):
             # An outcome the saga expects (a decline, an outage): recorded above, so the
@@ -279,11 +283,18 @@ def cancel_shipment(inp: StepInput) -> StepResult:
 
 @_activity("notify_customer", queue=ORDERS_QUEUE_ACTIVITIES)
 def notify_customer(inp: StepInput) -> StepResult:
-    return _recorded(inp, lambda attempt: notifications.customer_notify(order_id=inp.order_id, attempt=attempt),
-                     heartbeat=_Heartbeat())
+    return _recorded(inp, lambda attempt: notifications.customer_notify(
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), heartbeat=_Heartbeat())
 
 
 # --- bookkeeping (local activities) -------------------------------------------------
+
+
+def _fallback_key() -> str:
+    """A key for transitions from workflows started before the saga sent one: a local
+    activity's id is its sequence number in the run, the same when a replay re-runs it."""
+    info = activity.info()
+    return f"{info.workflow_id}:{info.workflow_run_id}:la{info.activity_id}"
 
 
 @_activity("record_transition", queue=ORDERS_QUEUE_ACTIVITIES)
@@ -291,7 +302,7 @@ def record_transition(transition: SagaTransition) -> None:
     """The event, the order's saga state and, for an operator command, its outcome."""
     close_old_connections()
     try:
-        saga_transition_record(transition)
+        saga_transition_record(transition, fallback_key=_fallback_key())
     finally:
         close_old_connections()
 
@@ -300,7 +311,8 @@ def record_transition(transition: SagaTransition) -> None:
 def open_followup(transition: SagaTransition) -> None:
     close_old_connections()
     try:
-        notifications.followup_open(order_id=transition.order_id, reason=transition.detail)
+        notifications.followup_open(order_id=transition.order_id, reason=transition.detail,
+                                    key=transition.key or _fallback_key())
     finally:
         close_old_connections()
 

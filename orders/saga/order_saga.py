@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         COMPENSATION_TIMEOUT,
         LOST_ATTEMPT_RERUNS,
         STEP_POLICIES,
+        bookkeeping_pause,
         bookkeeping_retry_policy,
         compensation_retry_policy,
         lost_attempt_pause,
@@ -68,6 +69,12 @@ PATCH_CANCEL_RULE = "one-cancellation-rule"
 PATCH_BOUNDED_COMPENSATIONS = "bounded-compensations"
 # The delivery tracker's id derives from the saga's workflow id (with its random part).
 PATCH_TRACKER_ID = "tracker-id-from-saga-id"
+# Bookkeeping that exhausts its (now bounded) attempts is logged, shown on the SagaStatus
+# search attribute and tried again after a timer. Only reached when bookkeeping fails, so
+# only such histories carry the marker; histories from before could not fail there (their
+# attempts were unbounded), so the old branch is a plain raise and may go at any time.
+PATCH_BOOKKEEPING_BOUNDED = "bookkeeping-bounded"
+BOOKKEEPING_FAILING = "bookkeeping_failing"  # SagaStatus search attribute value meanwhile
 
 FORWARD_STEPS = [StepName.VALIDATE, StepName.RESERVE, StepName.CHARGE, StepName.CONFIRM, StepName.SHIP]
 STEP_ACTIVITIES = {
@@ -191,6 +198,11 @@ class OrderSagaWorkflow:
         # The regular activity of the step in flight: a Temporal cancel cancels it (the
         # activity finishes what it started and reports the cancel).
         self._step_activity: asyncio.Task | None = None
+        # Bookkeeping keys: how many transitions of each kind so far (deterministic).
+        self._bookkeeping_counts: dict[str, int] = {}
+        self._bookkeeping_failures = 0  # bookkeeping calls currently failing
+        self._bookkeeping_error = ""
+        self._status_before_bookkeeping_failed = ""
 
     # --- the saga -------------------------------------------------------------------
 
@@ -465,12 +477,10 @@ class OrderSagaWorkflow:
                 self._set_saga_status(SagaState.RUNNING)
 
     async def _followup_activity(self, fn, detail: str) -> None:
-        await workflow.execute_local_activity(
-            fn,
-            SagaTransition(order_id=self._input.order_id, kind=EventKind.FOLLOWUP.value, step="notify", detail=detail),
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=bookkeeping_retry_policy(),
-        )
+        await self._bookkeeping(fn, SagaTransition(
+            order_id=self._input.order_id, kind=EventKind.FOLLOWUP.value, step="notify", detail=detail,
+            key=self._bookkeeping_key(fn.__name__),
+        ))
 
     # --- compensation -----------------------------------------------------------------
 
@@ -587,13 +597,52 @@ class OrderSagaWorkflow:
             saga_status=saga_status.value if saga_status else "",
             action_id=action_id,
             action_outcome=action_outcome,
+            key=self._bookkeeping_key(
+                f"action-{action_id}" if action_id is not None else f"{kind or 'state'}.{step or ''}"
+            ),
         )
-        await workflow.execute_local_activity(
-            activities.record_transition,
-            transition,
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=bookkeeping_retry_policy(),
-        )
+        await self._bookkeeping(activities.record_transition, transition)
+
+    def _bookkeeping_key(self, what: str) -> str:
+        """A key per bookkeeping fact: the same on a replay, so a re-run local activity
+        writes nothing new (the read model's unique SagaEvent.idempotency_key)."""
+        n = self._bookkeeping_counts[what] = self._bookkeeping_counts.get(what, 0) + 1
+        return f"{workflow.info().workflow_id}:t:{what}:{n}"
+
+    async def _bookkeeping(self, fn, transition: SagaTransition) -> None:
+        """Run a bookkeeping local activity until it succeeds: bounded attempts, then a
+        visible failure (error log, search attribute, query) and a durable pause."""
+        failing = False
+        while True:
+            try:
+                await workflow.execute_local_activity(
+                    fn, transition, start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                    retry_policy=bookkeeping_retry_policy(self._input.retry),
+                )
+                break
+            except STEP_ERRORS as err:
+                if is_cancelled_exception(err) or not workflow.patched(PATCH_BOOKKEEPING_BOUNDED):
+                    raise
+                self._bookkeeping_error = f"{fn.__name__}: {_failure_message(err)}"
+                pause = bookkeeping_pause(self._input.retry)
+                workflow.logger.error("Saga bookkeeping failing (%s); trying again in %s", self._bookkeeping_error, pause)
+                if not failing:
+                    failing = True
+                    self._bookkeeping_failures += 1
+                    if self._bookkeeping_failures == 1:
+                        self._status_before_bookkeeping_failed = (
+                            workflow.info().typed_search_attributes.get(sa.SAGA_STATUS) or ""
+                        )
+                        workflow.upsert_search_attributes([sa.SAGA_STATUS.value_set(BOOKKEEPING_FAILING)])
+                await workflow.sleep(pause)
+        if failing:
+            self._bookkeeping_failures -= 1
+            if self._bookkeeping_failures == 0:
+                self._bookkeeping_error = ""
+                if self._status_before_bookkeeping_failed:
+                    workflow.upsert_search_attributes(
+                        [sa.SAGA_STATUS.value_set(self._status_before_bookkeeping_failed)]
+                    )
 
     # --- operator signals ---------------------------------------------------------------
 
@@ -682,4 +731,5 @@ class OrderSagaWorkflow:
             "step": self._step.value if self._step else None,
             "awaiting": self._awaiting,
             "completed": [s.value for s in self._completed],
+            "bookkeeping_error": self._bookkeeping_error,
         }

@@ -82,5 +82,20 @@ def lost_attempt_pause(step: StepName, retry: RetrySettings, rerun: int) -> time
     return min(pause, LOST_ATTEMPT_MAX_PAUSE)
 
 
-def bookkeeping_retry_policy() -> RetryPolicy:
-    return RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+# Bookkeeping (local activities writing the read model) retries a bounded number of times
+# (about 40 s at the default interval); then the saga says so (log, SagaStatus search
+# attribute "bookkeeping_failing") and tries again after a durable pause, until it succeeds.
+BOOKKEEPING_MAX_ATTEMPTS = 8
+
+
+def bookkeeping_retry_policy(retry: RetrySettings | None = None) -> RetryPolicy:
+    initial = timedelta(milliseconds=200)
+    if retry is not None:
+        initial = min(initial, timedelta(seconds=retry.initial_interval_seconds))
+    return RetryPolicy(initial_interval=initial, maximum_interval=timedelta(seconds=10),
+                       maximum_attempts=BOOKKEEPING_MAX_ATTEMPTS)
+
+
+def bookkeeping_pause(retry: RetrySettings) -> timedelta:
+    """How long the saga waits (a durable timer) before trying failed bookkeeping again."""
+    return timedelta(seconds=60 * retry.initial_interval_seconds)

@@ -140,6 +140,9 @@ class SagaTransition:
     saga_status: str = ""  # a SagaState value; terminal ones also settle the order's status
     action_id: int | None = None
     action_outcome: str = ""
+    # Unique per fact (the saga derives it): a replayed bookkeeping activity writes nothing
+    # new. Empty in histories from before keys.
+    key: str = ""
 
 
 @dataclass

@@ -5,10 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
+from django.core import mail
+from django.template.loader import get_template
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from .. import adapters, broadcast
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
 from .delivery_tracker import DeliveryTrackingWorkflow
 from .order_saga import OrderSagaWorkflow
@@ -27,6 +30,14 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
+def import_at_start() -> None:
+    """Import (and connect) now what activities and broadcasts would load lazily: an import
+    in another thread while the workflow sandbox has swapped modules has crashed."""
+    broadcast.publisher_start()
+    adapters.payment_gateway(), adapters.shipping_carrier(), adapters.customer_notifier()
+    mail.get_connection(), get_template("orders/email/order_confirmed.txt")
+
+
 def build_workers(
     client: Client,
     *,
@@ -42,6 +53,7 @@ def build_workers(
     `activity_overrides` maps an activity's name to a replacement, itself an
     @activity.defn registered under that same name (tests simulate crashes so).
     """
+    import_at_start()
     executor = executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity")
     overrides = dict(activity_overrides or {})
     unknown = overrides.keys() - ORDERS_QUEUE_ACTIVITIES.keys() - PAYMENTS_QUEUE_ACTIVITIES.keys()

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from ..broadcast import OPS_GROUP, order_group, publish_on_commit
 from ..models import Order, SagaEvent
-from ..status import STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES, check_transition
+from ..status import STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES, check_transition, status_is_behind
 
 
 def _order_snapshot(order: Order) -> dict:
@@ -23,19 +23,28 @@ def _order_snapshot(order: Order) -> dict:
 
 
 def saga_event_record(
-    order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1,
-    operator_action_id: int | None = None, **state: str | None
+    order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1, key: str | None = None,
+    operator_action_id: int | None = None, **state: str | None,
 ) -> SagaEvent:
     """Append an event to the order's log and broadcast it (with the order's state) after commit.
 
     `state` (status, saga_status, current_step, last_error) changes the order in the same
     UPDATE that stamps last_event_at: one write for the order per event.
     `operator_action_id`: the operator command this event answers (a signal, an ignored one).
+    `key` makes the write happen once: an event with that key already there (a replayed
+    local activity, a re-run attempt) is returned as it is, with no state change and no
+    broadcast. The unique column backs this up.
     The caller holds the order's row lock (orders.locks.lock_order).
     """
+    if key:
+        existing = SagaEvent.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            return existing
     changed = _apply_state(order, **state)
-    event = SagaEvent.objects.create(order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt,
-                                     operator_action_id=operator_action_id)
+    event = SagaEvent.objects.create(
+        order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt, idempotency_key=key or None,
+        operator_action_id=operator_action_id,
+    )
     order.last_event_at = event.created_at
     order.save(update_fields=[*changed, "last_event_at", "updated_at"])
     publish_on_commit(
@@ -77,7 +86,9 @@ def _apply_state(
     """Set what changed on the instance (status checked against the allowed transitions);
     returns the changed field names for the caller's save."""
     fields = []
-    if status is not None and status != order.status:
+    # A status the order has already gone past (completed, re-applied after the tracker
+    # marked it delivered) is a replay of a step taken, not a move back: nothing to do.
+    if status is not None and status != order.status and not status_is_behind(status, order.status):
         check_transition(order.status, status)
         order.status = status
         fields.append("status")

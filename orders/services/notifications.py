@@ -18,33 +18,68 @@ def order_status_url(order: Order) -> str:
     return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/status/{order.public_token}/"
 
 
-def customer_notify(*, order_id: int, attempt: int) -> str:
-    """Send the order confirmation. Raises NotificationFailed (recorded as an attempt)."""
+def notification_key(step_key: str, outcome: str) -> str:
+    """One message per saga, step and outcome: `order-42:notify:confirmed`."""
+    return f"{step_key}:{outcome}"
+
+
+def customer_notify(*, order_id: int, idempotency_key: str, attempt: int) -> str:
+    """Send the order confirmation once per key (the notify step's key). Raises
+    NotificationFailed (recorded as a failed attempt, which never blocks a later send).
+
+    Our ledger first, then the notifier's own book (a send whose answer was lost to a
+    crash), and only then a send; the success and its event commit together.
+    Locks: the order row (for the success).
+    """
+    key = notification_key(idempotency_key, "confirmed")
+    if NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+        return "already emailed"
     order = Order.objects.get(pk=order_id)
-    context = {"order": order, "lines": order.lines.select_related("product"), "status_url": order_status_url(order)}
-    notification = Notification(
-        order_id=order.pk,
-        to=order.customer_email,
-        subject=f"Your order {order.number} is on its way",
-        body=render_to_string("orders/email/order_confirmed.txt", context),
-    )
+    notifier = customer_notifier()
+    detail = f"Emailed {order.customer_email}"
+    if notifier.sent_lookup(key):
+        detail += " (sent by an earlier attempt)"
+    else:
+        context = {"order": order, "lines": order.lines.select_related("product"),
+                   "status_url": order_status_url(order)}
+        notification = Notification(
+            order_id=order.pk,
+            to=order.customer_email,
+            subject=f"Your order {order.number} is on its way",
+            body=render_to_string("orders/email/order_confirmed.txt", context),
+            idempotency_key=key,
+        )
+        try:
+            notifier.send(notification)
+        except NotificationFailed as exc:
+            NotificationAttempt.objects.create(
+                order=order, succeeded=False, error=str(exc), attempt=attempt, idempotency_key=key
+            )
+            raise
     try:
-        customer_notifier().send(notification)
-    except NotificationFailed as exc:
-        NotificationAttempt.objects.create(order=order, succeeded=False, error=str(exc), attempt=attempt)
-        raise
-    with transaction.atomic():
-        order = lock_order(order_id)
-        NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt)
-        detail = f"Emailed {order.customer_email}"
-        saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="notify", detail=detail, attempt=attempt)
+        with transaction.atomic():
+            order = lock_order(order_id)
+            NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt, idempotency_key=key)
+            saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="notify", detail=detail, attempt=attempt,
+                              key=f"{key}:sent")
+    except IntegrityError:
+        # Another attempt recorded this key first: one email, one success row.
+        if not NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+            raise
+        return "already emailed"
     return detail
 
 
-def followup_open(*, order_id: int, reason: str) -> FollowUp:
-    """Put the order on the follow-up queue (at most one open item per order)."""
+def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | None:
+    """Put the order on the follow-up queue (at most one open item per order).
+
+    Once per `key` (the saga's bookkeeping key): a replay opens nothing and records nothing.
+    Locks: the order row.
+    """
     with transaction.atomic():
         order = lock_order(order_id)
+        if key and SagaEvent.objects.filter(idempotency_key=key).exists():
+            return order.followups.filter(state=FollowUp.State.OPEN).first()
         followup = order.followups.filter(state=FollowUp.State.OPEN).first()
         if followup is None:
             try:
@@ -52,7 +87,7 @@ def followup_open(*, order_id: int, reason: str) -> FollowUp:
                     followup = FollowUp.objects.create(order=order, reason=reason[:2000])
             except IntegrityError:
                 followup = order.followups.get(state=FollowUp.State.OPEN)
-        saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason,
+        saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason, key=key or None,
                           saga_status=SagaStatus.NEEDS_FOLLOWUP, last_error=reason)
     return followup
 

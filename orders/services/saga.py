@@ -72,35 +72,54 @@ def saga_start(*, order_id: int) -> bool:
         return False
 
 
-def saga_step_started(*, order_id: int, step: str, attempt: int, compensation: bool, detail: str = "") -> None:
-    """Mark a step (or its compensation) as under way: the page shows it running."""
+def step_event_key(step_key: str, attempt: int, kind: str) -> str:
+    """The key of a step attempt's own event: a re-run of the same attempt (a local
+    activity re-executed after a crash) writes it once."""
+    return f"{step_key}:a{attempt}:{kind}"
+
+
+def saga_step_started(*, order_id: int, step: str, step_key: str, attempt: int, compensation: bool,
+                      detail: str = "") -> None:
+    """Mark a step (or its compensation) as under way: the page shows it running.
+    `step_key` names this run of the step (its idempotency key and activity id).
+    Locks: the order row."""
     with transaction.atomic():
         order = lock_order(order_id)
         if compensation:
-            saga_event_record(order, kind=SagaEvent.Kind.COMPENSATING, step=step, detail=detail, attempt=attempt)
+            saga_event_record(order, kind=SagaEvent.Kind.COMPENSATING, step=step, detail=detail, attempt=attempt,
+                              key=step_event_key(step_key, attempt, SagaEvent.Kind.COMPENSATING))
             return
+        kind = SagaEvent.Kind.RETRYING if attempt > 1 else SagaEvent.Kind.STARTED
         saga_event_record(
-            order, kind=SagaEvent.Kind.RETRYING if attempt > 1 else SagaEvent.Kind.STARTED, step=step,
-            detail=detail, attempt=attempt, current_step=step,
+            order, kind=kind, step=step, detail=detail, attempt=attempt, current_step=step,
             saga_status=SagaStatus.RUNNING if order.saga_status == SagaStatus.PENDING else None,
+            key=step_event_key(step_key, attempt, kind),
         )
 
 
-def saga_step_failed(*, order_id: int, step: str, attempt: int, error: str) -> None:
-    """Record a failed attempt; its business effect was rolled back with its transaction."""
+def saga_step_failed(*, order_id: int, step: str, step_key: str, attempt: int, error: str) -> None:
+    """Record a failed attempt; its business effect was rolled back with its transaction.
+    Locks: the order row."""
     with transaction.atomic():
         order = lock_order(order_id)
-        saga_event_record(order, kind=SagaEvent.Kind.FAILED, step=step, detail=error, attempt=attempt, last_error=error)
+        saga_event_record(order, kind=SagaEvent.Kind.FAILED, step=step, detail=error, attempt=attempt, last_error=error,
+                          key=step_event_key(step_key, attempt, SagaEvent.Kind.FAILED))
 
 
-def saga_transition_record(transition: SagaTransition) -> None:
+def saga_transition_record(transition: SagaTransition, *, fallback_key: str = "") -> bool:
     """A workflow-level change (stuck, compensating, finished, a signal) in the read model.
 
-    A transition that answers an operator command (`action_id`) also records the command's
-    outcome, and its event points to the command: one transaction for both.
+    Once per key (the transition's, or `fallback_key` for workflows from before keys):
+    a replayed bookkeeping activity changes nothing. Returns False when it was already
+    recorded. A transition that answers an operator command (`action_id`) also records the
+    command's outcome, and its event points to the command: one transaction for both.
+    Locks: the order row.
     """
+    key = transition.key or fallback_key
     with transaction.atomic():
         order = lock_order(transition.order_id)
+        if key and SagaEvent.objects.filter(idempotency_key=key).exists():
+            return False
         action_id = None
         if transition.action_id is not None and operator_action_outcome_record(
             action_id=transition.action_id, order_id=order.pk, outcome=transition.action_outcome,
@@ -115,7 +134,9 @@ def saga_transition_record(transition: SagaTransition) -> None:
             "last_error": transition.detail if stuck else None,
         }
         if transition.kind:
-            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail,
+            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail, key=key,
                               operator_action_id=action_id, **state)
         else:
+            # No row to key: setting the same saga status again is harmless by itself.
             order_saga_state_set(order, **state)
+    return True

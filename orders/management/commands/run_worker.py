@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from temporalio.client import Client
 
-from orders.saga.worker import build_workers
+from orders.saga.worker import build_workers, import_at_start
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ class Command(BaseCommand):
         if unknown:
             self.stderr.write(f"Unknown queue(s): {', '.join(sorted(unknown))}. Use orders and/or payments.")
             raise SystemExit(2)
+        # Before any workflow runs: see orders.saga.worker.import_at_start.
+        import_at_start()
         asyncio.run(self._run(wanted))
 
     async def _run(self, queues):
