@@ -44,7 +44,7 @@ def crashing(real):
 
 async def main() -> None:
     client = await Client.connect(settings.TEMPORAL_ADDRESS)
-    workers = build_workers(client, activity_overrides=[crashing(getattr(activities, NAME))])
+    workers = build_workers(client, activity_overrides={NAME: crashing(getattr(activities, NAME))})
     runs = [asyncio.create_task(w.run()) for w in workers]
     await asyncio.sleep(0.5)
     print("ready", flush=True)

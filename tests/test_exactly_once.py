@@ -102,13 +102,13 @@ async def _assert_emailed_once(saga_env, notifier: str, settings):
 
 
 @pytest.mark.parametrize("notifier", [SANDBOX_NOTIFIER, EMAIL_NOTIFIER])
-@pytest.mark.activity_overrides.with_args(notify_dies_after_send_before_commit)
+@pytest.mark.activity_overrides(notify_customer=notify_dies_after_send_before_commit)
 async def test_email_sent_once_when_the_worker_dies_before_our_commit(saga_env, notifier, settings):
     await _assert_emailed_once(saga_env, notifier, settings)
 
 
 @pytest.mark.parametrize("notifier", [SANDBOX_NOTIFIER, EMAIL_NOTIFIER])
-@pytest.mark.activity_overrides.with_args(notify_dies_after_commit)
+@pytest.mark.activity_overrides(notify_customer=notify_dies_after_commit)
 async def test_email_sent_once_when_the_worker_dies_after_our_commit(saga_env, notifier, settings):
     await _assert_emailed_once(saga_env, notifier, settings)
 
@@ -196,7 +196,7 @@ def validate_retried_after_commit(inp: StepInput) -> StepResult:
     return result
 
 
-@pytest.mark.activity_overrides.with_args(record_transition_retried_after_commit)
+@pytest.mark.activity_overrides(record_transition=record_transition_retried_after_commit)
 async def test_rerun_bookkeeping_writes_one_finished_event(saga_env):
     order = await sync_to_async(make_order)(fault_plan={"inventory": "fail"})
     assert await saga_env.result(order) == "compensated"
@@ -258,7 +258,7 @@ async def test_replayed_finish_after_a_worker_death_writes_no_second_finished(te
     assert [k for _, k, _ in await sync_to_async(kinds)(order.pk, "")] == ["finished"]
 
 
-@pytest.mark.activity_overrides.with_args(validate_retried_after_commit)
+@pytest.mark.activity_overrides(validate_order=validate_retried_after_commit)
 async def test_rerun_local_step_writes_started_once_per_attempt(saga_env):
     order = await sync_to_async(make_order)()
     assert await saga_env.result(order) == "completed"
@@ -279,7 +279,7 @@ def record_transition_failing_until_healed(transition: SagaTransition) -> None:
     activities.record_transition(transition)
 
 
-@pytest.mark.activity_overrides.with_args(record_transition_failing_until_healed)
+@pytest.mark.activity_overrides(record_transition=record_transition_failing_until_healed)
 async def test_bookkeeping_failure_is_bounded_and_visible(saga_env):
     from orders.saga.policies import BOOKKEEPING_MAX_ATTEMPTS
 
