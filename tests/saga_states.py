@@ -21,7 +21,7 @@ def order_running(order: Order, *, step: str = "") -> None:
     """Validated (processing, saga running), and `step` under way if given."""
     ordering.order_validate(order_id=order.pk, attempt=1)
     if step and step != "validate":
-        saga_step_started(order_id=order.pk, step=step, attempt=1, compensation=False)
+        saga_step_started(order_id=order.pk, step=step, step_key=_key(order, step), attempt=1, compensation=False)
 
 
 def order_stuck(order: Order, *, step: str, error: str, attempts: int = 3) -> None:
@@ -29,8 +29,9 @@ def order_stuck(order: Order, *, step: str, error: str, attempts: int = 3) -> No
     order_running(order, step=step)
     for attempt in range(1, attempts + 1):
         if attempt > 1:
-            saga_step_started(order_id=order.pk, step=step, attempt=attempt, compensation=False)
-        saga_step_failed(order_id=order.pk, step=step, attempt=attempt, error=error)
+            saga_step_started(order_id=order.pk, step=step, step_key=_key(order, step), attempt=attempt,
+                              compensation=False)
+        saga_step_failed(order_id=order.pk, step=step, step_key=_key(order, step), attempt=attempt, error=error)
     saga_transition_record(SagaTransition(
         order_id=order.pk, kind="stuck", step=step, saga_status=SagaStatus.STUCK.value,
         detail=f"{error} (gave up after {attempts} attempts)",
@@ -50,7 +51,7 @@ def order_completed(order: Order) -> None:
     inventory.inventory_confirm(order_id=order.pk, idempotency_key=_key(order, "confirm"), attempt=1)
     shipping.shipment_arrange(order_id=order.pk, idempotency_key=_key(order, "ship"), attempt=1, resume_after=0,
                               on_parcel_booked=lambda parcel: None)
-    notifications.customer_notify(order_id=order.pk, attempt=1)
+    notifications.customer_notify(order_id=order.pk, idempotency_key=_key(order, "notify"), attempt=1)
     order_finished(order, saga_status=SagaStatus.COMPLETED.value, detail="Order completed")
 
 
@@ -60,7 +61,7 @@ def order_compensated_at_confirm(order: Order, *, error: str = "Inventory confir
     inventory.inventory_reserve(order_id=order.pk, idempotency_key=_key(order, "reserve"), attempt=1)
     charge_key = _key(order, "charge")
     payments.payment_charge(order_id=order.pk, idempotency_key=charge_key, attempt=1)
-    saga_step_failed(order_id=order.pk, step="confirm", attempt=1, error=error)
+    saga_step_failed(order_id=order.pk, step="confirm", step_key=_key(order, "confirm"), attempt=1, error=error)
     payments.payment_refund(order_id=order.pk, charge_key=charge_key, idempotency_key=_key(order, "charge", ":compensate"),
                             attempt=1)
     inventory.reservation_release(order_id=order.pk, idempotency_key=_key(order, "reserve", ":compensate"), attempt=1)

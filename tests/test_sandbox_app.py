@@ -120,11 +120,13 @@ def test_the_outage_switch_knows_only_sandbox_services(client_as):
 def test_sandbox_notifier_injects_the_notify_fault_then_sends_by_email():
     failing = make_order(fault_plan={"notify": "fail"}, start_saga=False)
     with pytest.raises(NotificationFailed, match="sandbox fault"):
-        SandboxNotifier().send(Notification(order_id=failing.pk, to="ada@example.com", subject="s", body="b"))
+        SandboxNotifier().send(Notification(order_id=failing.pk, to="ada@example.com", subject="s", body="b",
+                                            idempotency_key=f"{failing.workflow_id}:notify:confirmed"))
     assert mail.outbox == []
 
     flaky = make_order(fault_plan={"notify": "transient:1"}, start_saga=False)
-    notification = Notification(order_id=flaky.pk, to="ada@example.com", subject="Your order", body="b")
+    notification = Notification(order_id=flaky.pk, to="ada@example.com", subject="Your order", body="b",
+                                idempotency_key=f"{flaky.workflow_id}:notify:confirmed")
     with pytest.raises(NotificationFailed, match="call 1 of 1"):
         SandboxNotifier().send(notification)
     SandboxNotifier().send(notification)
