@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from django.db.models import BooleanField, Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
+from orders.circuit_breaker import BreakerState, breaker_states
 from orders.models import FollowUp, OperatorAction, Order, SagaEvent
 from orders.status import OrderStatus, SagaStatus, Step
 
@@ -66,16 +67,24 @@ def recent_saga_events(limit: int = RECENT_ACTIVITY_LIMIT) -> list[SagaEvent]:
     )
 
 
+def service_outages() -> list[BreakerState]:
+    """The outside services whose circuit breaker is open (or probing): down, with the sagas
+    waiting on them. Read from Redis, where the breakers live; no database query."""
+    return [state for state in breaker_states() if state.is_open]
+
+
 @dataclass(frozen=True)
 class DashboardSnapshot:
     counts: DashboardCounts
     recent_events: list[SagaEvent]
     taken_at: datetime
+    outages: list[BreakerState]
 
 
 def dashboard_snapshot() -> DashboardSnapshot:
-    """Everything the dashboard's live partials show. Three queries."""
-    return DashboardSnapshot(counts=dashboard_counts(), recent_events=recent_saga_events(), taken_at=timezone.now())
+    """Everything the dashboard's live partials show. Three queries, and one Redis round trip per breaker."""
+    return DashboardSnapshot(counts=dashboard_counts(), recent_events=recent_saga_events(), taken_at=timezone.now(),
+                             outages=service_outages())
 
 
 # --- stuck sagas ---------------------------------------------------------------------
