@@ -1,7 +1,6 @@
 """Helpers (no tests) that put orders into the states the operations pages show, without
-running sagas: orders are placed through order_create; follow-ups are opened through the
-saga's own services (tests/saga_states.py); stuck orders have their saga columns and events
-written directly, in the state the saga's services leave them (processing, stuck at a step).
+running sagas: orders are placed through order_create, then moved by the saga's own services
+(tests/saga_states.py): stuck at a step, waiting on a follow-up.
 """
 
 from datetime import timedelta
@@ -9,13 +8,11 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from orders.models import FollowUp, Order, Product, SagaEvent
+from orders.models import FollowUp, OperatorAction, Order, Product, SagaEvent
 from orders.services.events import saga_event_record
-from orders.status import OrderStatus, SagaStatus
-from orders.models import OperatorAction
 
 from .factories import make_order, make_product
-from .saga_states import order_needs_followup
+from .saga_states import FORWARD_STEPS, clock_set_back, order_advanced, order_needs_followup, order_stuck
 
 ROLES = ("viewer", "support", "operator", "admin")
 
@@ -30,17 +27,12 @@ def placed_order(product: Product | None = None, *, email: str = "ada@example.co
 
 def stuck_order(product: Product | None = None, *, step: str = "charge", failed: int = 3,
                 error: str = "Payment gateway unavailable", minutes_ago: int = 5, email: str = "ada@example.com") -> Order:
-    """An order whose saga gave up on `step` after `failed` failed attempts."""
-    order = placed_order(product, email=email)
-    since = timezone.now() - timedelta(minutes=minutes_ago)
-    Order.objects.filter(pk=order.pk).update(
-        status=OrderStatus.PROCESSING, saga_status=SagaStatus.STUCK, current_step=step,
-        last_error=error, stuck_since=since,
-    )
-    events = [SagaEvent(order=order, step="validate", kind="succeeded")]
-    events += [SagaEvent(order=order, step=step, kind="failed", detail=error, attempt=n) for n in range(1, failed + 1)]
-    events.append(SagaEvent(order=order, step=step, kind="stuck", detail=f"{error} (gave up after {failed} attempts)"))
-    SagaEvent.objects.bulk_create(events)
+    """An order whose saga gave up on `step` after `failed` failed attempts, `minutes_ago`
+    (the steps before it done, as the saga does them)."""
+    with clock_set_back(timedelta(minutes=minutes_ago)):
+        order = placed_order(product, email=email)
+        order_advanced(order, through=FORWARD_STEPS[max(FORWARD_STEPS.index(step) - 1, 0)])
+        order_stuck(order, step=step, error=error, attempts=failed)
     order.refresh_from_db()
     return order
 

@@ -103,7 +103,7 @@ def test_dashboard_shows_counts_and_recent_activity(client_as):
 
 def test_recent_activity_is_limited_to_the_latest_twenty(client_as):
     product = shelf()
-    orders = [stuck_order(product, failed=4) for _ in range(5)]  # 6 events each
+    orders = [stuck_order(product, failed=4) for _ in range(5)]  # 11 events each
     body = client_as("viewer").get(reverse("ops:home")).content.decode()
     shown = re.findall(r'id="ops-event-(\d+)"', body)
     assert len(shown) == 20

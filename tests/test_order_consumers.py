@@ -18,9 +18,11 @@ from orders.live import reader_connection_close
 from orders.locks import lock_order
 from orders.models import Order
 from orders.services.events import order_saga_state_set, saga_event_record
+from orders.services.saga import saga_step_failed
 from ordersite.asgi import application
 
 from .factories import make_order
+from .saga_states import order_running
 from .websockets import open_socket, receive_until, session_cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,11 +39,15 @@ def _close_socket_reads():
 # --- helpers --------------------------------------------------------------------------------
 
 
-def new_order(**state) -> Order:
+def new_order(*, running_at: str = "", last_error: str = "") -> Order:
+    """A placed order; with `running_at`, validated and that step under way (tests/saga_states.py),
+    and with `last_error`, that step's first attempt failed with it."""
     order = make_order(start_saga=False)
-    if state:
-        Order.objects.filter(pk=order.pk).update(**state)
-        order.refresh_from_db()
+    if running_at:
+        order_running(order, step=running_at)
+    if last_error:
+        saga_step_failed(order_id=order.pk, step=running_at, attempt=1, error=last_error)
+    order.refresh_from_db()
     return order
 
 
@@ -96,7 +102,7 @@ async def test_a_page_from_another_site_is_refused(staff_user):
 
 async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
     viewer = await sync_to_async(staff_user)("viewer")
-    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge")
+    order = await sync_to_async(new_order)(running_at="charge")
     communicator = await open_socket(f"/ws/orders/{order.pk}/", viewer)
 
     first = await communicator.receive_from(timeout=5)
@@ -142,7 +148,7 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
 
 async def test_operator_buttons_follow_the_saga_state(staff_user):
     operator = await sync_to_async(staff_user)("operator")
-    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge")
+    order = await sync_to_async(new_order)(running_at="charge")
     communicator = await open_socket(f"/ws/orders/{order.pk}/", operator)
     first = await communicator.receive_from(timeout=5)
     assert f'/orders/{order.pk}/actions/cancel/' in first and "/actions/retry/" not in first
@@ -156,7 +162,7 @@ async def test_operator_buttons_follow_the_saga_state(staff_user):
 
 async def test_reconnect_shows_what_happened_while_disconnected(staff_user):
     viewer = await sync_to_async(staff_user)("viewer")
-    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="reserve")
+    order = await sync_to_async(new_order)(running_at="reserve")
     communicator = await open_socket(f"/ws/orders/{order.pk}/", viewer)
     await communicator.receive_from(timeout=5)
     await communicator.disconnect()
@@ -174,7 +180,7 @@ async def test_reconnect_shows_what_happened_while_disconnected(staff_user):
 
 async def test_list_socket_sends_the_row_of_the_order_an_event_touched(staff_user):
     viewer = await sync_to_async(staff_user)("viewer")
-    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge")
+    order = await sync_to_async(new_order)(running_at="charge")
     communicator = await open_socket("/ws/orders/", viewer)
     await sync_to_async(record_event)(order.pk, step="charge", kind="stuck", detail="gateway down",
                                       saga_status="stuck")
@@ -194,7 +200,7 @@ async def test_customer_socket_with_a_wrong_token_closes_with_4404():
 
 
 async def test_customer_socket_follows_the_order_without_staff_data():
-    order = await sync_to_async(new_order)(saga_status="running", status="processing", current_step="charge",
+    order = await sync_to_async(new_order)(running_at="charge",
                                            last_error="internal gateway trace 0xdeadbeef")
     communicator = await open_socket(f"/ws/status/{order.public_token}/")
     first = await communicator.receive_from(timeout=5)

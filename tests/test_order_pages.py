@@ -2,7 +2,7 @@
 test_order_create.py).
 
 Orders are built with the real services (start_saga=False: no Temporal needed) and put into
-saga states by the small helpers below, which write the rows a saga would have written.
+saga states by the services the saga's activities call (tests/saga_states.py).
 """
 
 import re
@@ -16,22 +16,22 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from orders.models import FollowUp, OperatorAction, Order, Payment, Reservation, SagaEvent
+from orders.models import OperatorAction, Order, Payment, Reservation, SagaEvent
 from orders.selectors.timeline import saga_timeline
 
 from .factories import make_order, make_product
+from .saga_states import (
+    order_advanced, order_compensated, order_completed, order_needs_followup, order_running, order_stuck,
+)
 
 pytestmark = pytest.mark.django_db
 
 # --- helpers: put an order where a saga would have left it --------------------------------
 
 
-def order_in_state(*, saga_status="running", status="processing", step="charge", last_error="", **kwargs) -> Order:
+def running_order(*, step="charge", **kwargs) -> Order:
     order = make_order(start_saga=False, **kwargs)
-    Order.objects.filter(pk=order.pk).update(
-        saga_status=saga_status, status=status, current_step=step, last_error=last_error,
-        stuck_since=timezone.now() if saga_status == "stuck" else None,
-    )
+    order_running(order, step=step)
     order.refresh_from_db()
     return order
 
@@ -46,22 +46,17 @@ def events_add(order: Order, events: list[tuple]) -> None:
 
 
 def stuck_order(**kwargs) -> Order:
-    order = order_in_state(saga_status="stuck", last_error="payment unavailable: timed out", **kwargs)
-    events_add(order, [
-        ("validate", "started", ""), ("validate", "succeeded", "1 line(s)"),
-        ("reserve", "started", ""), ("reserve", "succeeded", "Reserved 1 x Product"),
-        ("charge", "started", ""), ("charge", "failed", "payment unavailable: timed out", 1),
-        ("charge", "retrying", "", 2), ("charge", "failed", "payment unavailable: timed out", 2),
-        ("charge", "stuck", "payment unavailable: timed out (gave up after 3 attempts)"),
-    ])
+    order = make_order(start_saga=False, **kwargs)
+    order_advanced(order, through="reserve")
+    order_stuck(order, step="charge", error="payment unavailable: timed out")
+    order.refresh_from_db()
     return order
 
 
 def followup_order() -> Order:
-    order = order_in_state(saga_status="needs_followup", step="notify", last_error="mailer down")
-    FollowUp.objects.create(order=order, reason="Could not notify the customer: mailer down")
-    events_add(order, [("notify", "started", ""), ("notify", "failed", "mailer down"),
-                       ("notify", "followup", "Could not notify the customer: mailer down")])
+    order = make_order(start_saga=False)
+    order_needs_followup(order, reason="Could not notify the customer: mailer down")
+    order.refresh_from_db()
     return order
 
 
@@ -133,8 +128,9 @@ def test_support_sees_followup_buttons_only(client_as):
 
 @pytest.mark.parametrize("role", ["operator", "admin"])
 def test_operator_and_admin_see_the_buttons_that_fit(client_as, role):
-    stuck, running, followup = stuck_order(), order_in_state(step="reserve"), followup_order()
-    done = order_in_state(saga_status="completed", status="completed", step="notify")
+    stuck, running, followup = stuck_order(), running_order(step="reserve"), followup_order()
+    done = make_order(start_saga=False)
+    order_completed(done)
     client = client_as(role)
     assert action_buttons(client.get(reverse("orders:detail", args=[stuck.pk])).content.decode()) == {
         "retry", "compensate", "cancel"}
@@ -158,8 +154,8 @@ def test_buttons_carry_a_confirmation_that_says_what_happens(client_as):
 
 
 def test_list_filters_search_and_sort(client_as):
-    cheap = order_in_state(products=[(make_product(price="5.00"), 1)], email="cheap@example.com")
-    dear = order_in_state(products=[(make_product(price="900.00"), 1)], email="dear@example.com")
+    cheap = running_order(products=[(make_product(price="5.00"), 1)], email="cheap@example.com")
+    dear = running_order(products=[(make_product(price="900.00"), 1)], email="dear@example.com")
     stuck = stuck_order(email="stuck@example.com")
     followup = followup_order()
     client = client_as("viewer")
@@ -190,7 +186,7 @@ def test_list_filters_search_and_sort(client_as):
 
 
 def test_list_bad_filters_are_reported_not_500(client_as):
-    order_in_state()
+    running_order()
     client = client_as("viewer")
     response = client.get(reverse("orders:list") + "?date_from=yesterday&status=bogus&page=abc&sort=nope")
     assert response.status_code == 200
@@ -202,7 +198,7 @@ def test_list_bad_filters_are_reported_not_500(client_as):
 
 def test_list_pages_without_overlap(client_as):
     product = make_product(stock=1000)
-    orders = [order_in_state(products=[(product, 1)]) for _ in range(55)]
+    orders = [running_order(products=[(product, 1)]) for _ in range(55)]
     client = client_as("viewer")
     first = client.get(reverse("orders:list")).content.decode()
     second = client.get(reverse("orders:list") + "?page=2").content.decode()
@@ -218,13 +214,13 @@ def test_list_count_stops_at_the_cap(client_as, monkeypatch):
     monkeypatch.setattr("ops.order_pages.selectors.COUNT_CAP", 20)
     product = make_product(stock=1000)
     for _ in range(60):
-        order_in_state(products=[(product, 1)])
+        running_order(products=[(product, 1)])
     html = client_as("viewer").get(reverse("orders:list")).content.decode()
     assert "Showing 1–50 of more than 20 orders." in html and 'rel="next"' in html
 
 
 def test_list_htmx_filter_renders_only_the_table(client_as):
-    order_in_state()
+    running_order()
     client = client_as("viewer")
     response = client.get(reverse("orders:list") + "?stuck=on", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="order-table")
     html = response.content.decode()
@@ -247,13 +243,13 @@ def test_list_query_count_does_not_grow_with_orders(client_as):
     client = client_as("viewer")
     product = make_product(stock=1000)
     for _ in range(5):
-        order_in_state(products=[(product, 1)])
+        running_order(products=[(product, 1)])
     few = _count_list_queries(client)
     for _ in range(45):
-        order_in_state(products=[(product, 1)])
+        running_order(products=[(product, 1)])
     many = _count_list_queries(client)
     for _ in range(30):  # now more than a page: the capped count runs too
-        order_in_state(products=[(product, 1)])
+        running_order(products=[(product, 1)])
     more_than_a_page = _count_list_queries(client)
     assert few == many
     assert more_than_a_page == few + 1
@@ -270,8 +266,7 @@ def _count_detail_queries(client, order) -> int:
 
 def test_detail_query_count_does_not_grow_with_events_or_rows(client_as):
     client = client_as("operator")
-    order = order_in_state(products=[(make_product(), 1), (make_product(), 2)])
-    events_add(order, [("validate", "started", ""), ("validate", "succeeded", "ok")])
+    order = running_order(products=[(make_product(), 1), (make_product(), 2)])  # validated, charging: 2 events
     few = _count_detail_queries(client, order)
     events_add(order, [("charge", "failed", f"attempt {i}", i) for i in range(38)])
     Payment.objects.create(order=order, kind="charge", amount=Decimal(10), currency="EUR",
@@ -284,24 +279,15 @@ def test_detail_query_count_does_not_grow_with_events_or_rows(client_as):
 def test_detail_shows_ledger_timeline_compensation_and_temporal_link(client_as, settings):
     settings.TEMPORAL_UI_URL = "http://temporal.example:8233/"
     settings.TEMPORAL_NAMESPACE = "shop"
-    order = order_in_state(saga_status="compensated", status="failed", step="confirm")
-    line = order.lines.get()
-    Reservation.objects.create(order=order, product=line.product, quantity=1, state="released")
-    Payment.objects.create(order=order, kind="charge", amount=order.total, currency="EUR",
-                           idempotency_key="c", gateway_reference="pay-1")
-    Payment.objects.create(order=order, kind="refund", amount=order.total, currency="EUR",
-                           idempotency_key="r", gateway_reference="ref-1")
-    events_add(order, [
-        ("validate", "succeeded", "ok"), ("reserve", "succeeded", "Reserved"), ("charge", "succeeded", "Charged"),
-        ("confirm", "started", ""), ("confirm", "failed", "Warehouse system rejected the stock confirmation"),
-        ("charge", "compensating", ""), ("charge", "compensated", "Refunded 10.00 EUR"),
-        ("reserve", "compensating", ""), ("reserve", "failed", "Compensation failed: db busy", 1),
-        ("reserve", "compensating", "", 2), ("reserve", "compensated", "Released 1 item(s)", 2),
-        ("", "finished", "Warehouse system rejected the stock confirmation"),
-    ])
+    order = make_order(start_saga=False)
+    order_compensated(order, failed_step="confirm", error="Warehouse system rejected the stock confirmation",
+                      failing_once={"reserve": "db busy"})
+    order.refresh_from_db()
+    charge, refund = order.payments.get(kind="charge"), order.payments.get(kind="refund")
+    assert order.reservations.get().state == Reservation.State.RELEASED
     html = client_as("viewer").get(reverse("orders:detail", args=[order.pk])).content.decode()
     assert f'href="http://temporal.example:8233/namespaces/shop/workflows/{order.workflow_id}"' in html
-    assert "pay-1" in html and "ref-1" in html and "net 0.00 EUR" in html
+    assert charge.gateway_reference in html and refund.gateway_reference in html and "net 0.00 EUR" in html
     assert "Released" in html or "released" in html
     # Compensations are their own track, in the order they ran.
     compensation = html[html.index('class="compensation"'):]
@@ -344,7 +330,7 @@ def test_unknown_order_is_404(client_as):
 
 
 def test_action_that_does_not_fit_shows_why(client_as):
-    order = order_in_state(step="reserve")  # running, not stuck
+    order = running_order(step="reserve")  # running, not stuck
     client = client_as("operator")
     response = client.post(reverse("orders:action", args=[order.pk, "retry"]), {"reason": "try"}, follow=True)
     assert response.status_code == 200
@@ -395,6 +381,6 @@ def test_action_redirects_to_a_safe_next_only(client_as, settings):
 
 def test_unique_email_search_uses_the_given_case(client_as):
     email = f"Mixed.{uuid.uuid4().hex[:6]}@Example.com"
-    order = order_in_state(email=email)
+    order = running_order(email=email)
     html = client_as("viewer").get(reverse("orders:list"), {"q": email}).content.decode()
     assert order.number in html
