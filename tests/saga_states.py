@@ -109,8 +109,7 @@ def _compensate(order: Order, done: tuple[str, ...], *, failing_once: dict[str, 
         saga_transition_record(SagaTransition(order_id=order.pk, kind="", saga_status=SagaStatus.COMPENSATING.value))
     for step in reversed(to_undo):
         attempt, undo_key = 1, _key(order, step, ":compensate")
-        saga_step_started(order_id=order.pk, step=step, step_key=undo_key, attempt=attempt,
-                              compensation=True)
+        saga_step_started(order_id=order.pk, step=step, step_key=undo_key, attempt=attempt, compensation=True)
         if step in failing_once:
             saga_step_failed(order_id=order.pk, step=step, step_key=undo_key, attempt=attempt,
                              error=f"Compensation failed: {failing_once[step]}")
