@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from . import async_bridge
+from .crashpoints import crash_point
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ async def _publisher(queue: asyncio.Queue) -> None:
 async def _enqueue(groups: list[str], message: dict) -> None:
     global _queue
     if _queue is None:
+        crash_point("broadcast.first_publish")
         _queue = asyncio.Queue()
         asyncio.get_running_loop().create_task(_publisher(_queue))
     _queue.put_nowait((groups, message))

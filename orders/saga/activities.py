@@ -12,6 +12,7 @@ from django.db import close_old_connections, transaction
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from ..crashpoints import crash_point
 from ..errors import NON_RETRYABLE_ERRORS, OrderError
 
 from ..services import inventory, notifications, ordering, payments, shipping
@@ -164,6 +165,7 @@ def record_transition(transition: SagaTransition) -> None:
             operator_action_outcome_record(
                 action_id=transition.action_id, outcome=transition.action_outcome, detail=transition.detail
             )
+        crash_point("bookkeeping.after_commit", order=transition.order_id, kind=transition.kind)
     finally:
         close_old_connections()
 

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from ..adapters import customer_notifier
 from ..adapters.base import Notification
+from ..crashpoints import crash_point
 from ..errors import NotificationFailed
 from ..locks import lock_order
 from ..models import FollowUp, NotificationAttempt, Order, SagaEvent
@@ -33,11 +34,13 @@ def customer_notify(*, order_id: int, attempt: int) -> str:
     except NotificationFailed as exc:
         NotificationAttempt.objects.create(order=order, succeeded=False, error=str(exc), attempt=attempt)
         raise
+    crash_point("notify.after_send", order=order_id)
     with transaction.atomic():
         order = lock_order(order_id)
         NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt)
         detail = f"Emailed {order.customer_email}"
         saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="notify", detail=detail, attempt=attempt)
+    crash_point("notify.after_commit", order=order_id)
     return detail
 
 

@@ -6,6 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..adapters import shipping_carrier
+from ..crashpoints import crash_point
 from ..locks import lock_order
 from ..models import Order, SagaEvent, Shipment
 from ..status import OrderStatus
@@ -32,6 +33,7 @@ def shipment_arrange(
     carrier = shipping_carrier()
     for number in range(resume_after + 1, parcels + 1):
         carrier.book_parcel(order_id=order_id, shipment_key=idempotency_key, parcel_number=number)
+        crash_point("ship.after_booking", order=order_id)
         Shipment.objects.filter(pk=shipment.pk).update(parcels_booked=number)
         on_parcel_booked(number)
     with transaction.atomic():
