@@ -281,7 +281,7 @@ class PlacedOrder:
 
 
 def place_orders(count: int, plans: list[PlanKind], products: list, *, rng: random.Random, tag: str,
-                 first_index: int = 0) -> list[PlacedOrder]:
+                 first_index: int = 0, pace: float = 0) -> list[PlacedOrder]:
     """`count` orders through the app's own service, plans round-robin from a shuffled mix."""
     from orders.services.ordering import LineRequest, order_create
 
@@ -295,6 +295,8 @@ def place_orders(count: int, plans: list[PlanKind], products: list, *, rng: rand
             fault_plan=kind.plan, start_saga=True,
         )
         placed.append(PlacedOrder(order.pk, kind))
+        if pace:
+            time.sleep(pace)  # spread the sagas out, so kills land at every step
     return placed
 
 
@@ -396,6 +398,7 @@ CHECKS = [
     "no healthy order stuck",
     "database agrees with Temporal",
     "no workflow task retrying",
+    "no broadcast publisher died",
     "stock conserved",
     "terminal sagas consistent",
 ]
@@ -440,6 +443,7 @@ class FaultRun:
     kills: Counter = field(default_factory=Counter)
     skipped: dict[str, str] = field(default_factory=dict)
     mail_dir: Path | None = None
+    publisher_deaths: list[str] = field(default_factory=list)  # worker log lines
 
     @property
     def failed_checks(self) -> list[str]:
@@ -567,6 +571,9 @@ def run_checks(run: FaultRun) -> None:
         if task_attempts > 1:
             v["no workflow task retrying"].append(f"order {pk}: workflow task attempt {task_attempts}")
 
+    # A worker whose publisher task died never broadcasts again (issue 7, case 4).
+    v["no broadcast publisher died"] = list(run.publisher_deaths)
+
     # The invariants of tests/invariants.py.
     from tests import invariants
 
@@ -621,6 +628,7 @@ class Scenario:
     temporal_restarts: int = 1
     database_outage_seconds: float = 4  # Postgres only; 0 for none
     settle_timeout: float = 120
+    pace: float = 0.2  # seconds between two orders
     seed: int = 7
 
 
@@ -660,7 +668,8 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
         waves = len(disruptions) + 1
         per_wave = [sc.orders // waves + (1 if i < sc.orders % waves else 0) for i in range(waves)]
         for wave, count in enumerate(per_wave):
-            run.placed += place_orders(count, plans, products, rng=rng, tag=tag, first_index=len(run.placed))
+            run.placed += place_orders(count, plans, products, rng=rng, tag=tag, first_index=len(run.placed),
+                                       pace=sc.pace)
             if wave < len(disruptions):
                 time.sleep(2 + rng.random() * 2)  # let the wave get into its steps
                 what = disruptions[wave]
@@ -689,6 +698,10 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
         run.figures["crash points never reached"] = ", ".join(missing)
     run.figures["worker starts"] = pool.starts
     run.figures["worker log: 'Task exception was never retrieved'"] = pool.log_count("Task exception was never retrieved")
+    run.publisher_deaths = [
+        f"{pool.name}{slot}: {line.strip()[:200]}" for slot in range(pool.size)
+        for line in pool.log(slot).splitlines() if "coro=<_publisher()" in line
+    ]
     run.figures["worker log: 'channel layer publish failed'"] = pool.log_count("channel layer publish failed")
     run.figures["elapsed"] = f"{time.monotonic() - started:.0f}s"
     run_checks(run)
@@ -698,11 +711,14 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
 # --- fresh workers' first broadcast ---------------------------------------------------
 
 
-def fresh_worker_first_broadcasts(count: int, *, server, work_dir: Path, timeout: float = 30, log=print) -> dict:
-    """Start `count` fresh workers, each on task queues of its own, give each one order and
-    see whether that worker's first broadcast reaches a subscriber of the order's group.
+def fresh_worker_first_broadcasts(count: int, *, server, work_dir: Path, orders_each: int = 4,
+                                  timeout: float = 40, log=print) -> dict:
+    """Start `count` fresh workers, each on task queues of its own with `orders_each` sagas
+    already waiting there (so its first broadcast comes while workflows are running, as
+    after a restart in production), and see whether any event of that worker reaches a
+    subscriber of its orders' groups. A worker whose first publish dies never sends one.
 
-    Returns {worker index: None if it arrived, else what went wrong}.
+    Returns {worker index: None if an event arrived, else what went wrong}.
     """
     import asyncio
 
@@ -712,28 +728,30 @@ def fresh_worker_first_broadcasts(count: int, *, server, work_dir: Path, timeout
     from orders.services.saga import saga_start
     from tests.factories import make_order, make_product
 
-    product = make_product(stock=1000)
+    product = make_product(stock=10_000)
     pools, orders = [], []
     for i in range(count):
         suffix = uuid.uuid4().hex[:6]
         pools.append(WorkerPool(size=1, work_dir=work_dir / f"fresh{i}", temporal_address=server.address,
                                 orders_queue=f"fresh-orders-{suffix}", payments_queue=f"fresh-payments-{suffix}",
                                 name="fresh"))
-        orders.append(make_order(products=[(product, 1)], email=f"fresh{i}@faults.example", start_saga=False))
-    for pool in pools:
-        pool._spawn(0)  # together, without waiting: a fresh worker is one that just started
+        orders.append([make_order(products=[(product, 1)], email=f"fresh{i}.{n}@faults.example", start_saga=False)
+                       for n in range(orders_each)])
 
     results: dict = {}
     subscribed = threading.Event()
+    spawned = threading.Event()
 
     async def listen() -> None:
         layer = get_channel_layer()
         channels = []
-        for order in orders:
+        for worker_orders in orders:
             channel = await layer.new_channel()
-            await layer.group_add(order_group(order.pk), channel)
+            for order in worker_orders:
+                await layer.group_add(order_group(order.pk), channel)
             channels.append(channel)
         subscribed.set()
+        await asyncio.get_running_loop().run_in_executor(None, spawned.wait, 60)
 
         async def first(i, channel):
             try:
@@ -743,27 +761,35 @@ def fresh_worker_first_broadcasts(count: int, *, server, work_dir: Path, timeout
                 return i, f"no event within {timeout:.0f}s"
 
         results.update(await asyncio.gather(*(first(i, ch) for i, ch in enumerate(channels))))
-        for order, channel in zip(orders, channels):
-            await layer.group_discard(order_group(order.pk), channel)
+        for worker_orders, channel in zip(orders, channels):
+            for order in worker_orders:
+                await layer.group_discard(order_group(order.pk), channel)
 
     listener = threading.Thread(target=lambda: asyncio.run(listen()), name="fresh-listener", daemon=True)
     listener.start()
     try:
         if not subscribed.wait(30):
             raise RuntimeError("could not subscribe to the channel layer within 30s")
-        # Each saga on its own worker's queues, once the subscriptions are in place.
-        for pool, order in zip(pools, orders):
+        # The sagas wait on each worker's queues before the worker exists.
+        for pool, worker_orders in zip(pools, orders):
             with override_queues(pool.env["SAGA_TASK_QUEUE"], pool.env["PAYMENTS_TASK_QUEUE"]):
-                saga_start(order_id=order.pk)
+                for order in worker_orders:
+                    saga_start(order_id=order.pk)
+        for pool in pools:
+            pool._spawn(0)  # together, without waiting for the others
+        spawned.set()
         listener.join(timeout + 15)
     finally:
+        spawned.set()
         for pool in pools:
             pool.stop()
     for i, problem in results.items():
         if problem:
-            tail = "\n".join(pools[i].log(0).splitlines()[-6:])
+            tail = "\n".join(pools[i].log(0).splitlines()[-8:])
             results[i] = f"{problem}; worker log ends:\n{tail}"
             log(f"fresh worker {i}: {results[i]}")
+    if len(results) < count:
+        raise RuntimeError(f"the listener ended without results for {count - len(results)} worker(s)")
     return results
 
 
