@@ -444,6 +444,7 @@ class FaultRun:
     skipped: dict[str, str] = field(default_factory=dict)
     mail_dir: Path | None = None
     publisher_deaths: list[str] = field(default_factory=list)  # worker log lines
+    temporal_cancelled: set[int] = field(default_factory=set)  # orders cancelled from Temporal
 
     @property
     def failed_checks(self) -> list[str]:
@@ -629,7 +630,42 @@ class Scenario:
     database_outage_seconds: float = 4  # Postgres only; 0 for none
     settle_timeout: float = 120
     pace: float = 0.2  # seconds between two orders
+    # When the charge.after_gateway crash point fires, cancel that order's workflow from
+    # Temporal (as from its UI or CLI) while the charge's answer is lost: the gateway holds
+    # money our ledger never saw, and the order must end cancelled with it refunded.
+    cancel_after_lost_charge: bool = True
     seed: int = 7
+
+
+def _cancel_when_charge_lost(pool: WorkerPool, run: FaultRun, stop: threading.Event, log=print) -> None:
+    """Wait for the charge.after_gateway marker, then cancel its order's workflow in Temporal."""
+    from orders.models import Order
+    from orders.temporal_client import run_with_client
+
+    marker = pool.crash_dir / "charge.after_gateway.fired"
+    while not stop.wait(0.2):
+        if not marker.exists():
+            continue
+        text = marker.read_text()
+        if "order=" not in text:
+            continue
+        order_id = int(text.split("order=")[1].split()[0])
+        workflow_id = Order.objects.values_list("workflow_id", flat=True).get(pk=order_id)
+
+        async def cancel(client):
+            await client.get_workflow_handle(workflow_id).cancel()
+
+        try:
+            run_with_client(cancel, timeout=30)
+        except Exception as exc:
+            log(f"fault suite: could not cancel order {order_id} from Temporal: {exc}")
+            return
+        finally:
+            connection.close()  # this thread's own; a test database with sessions cannot be dropped
+        run.temporal_cancelled.add(order_id)
+        run.kills["temporal cancel after lost charge"] += 1
+        log(f"fault suite: order {order_id}'s charge answer lost (worker killed); cancelled it from Temporal")
+        return
 
 
 def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun:
@@ -652,6 +688,7 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
         crash_at=",".join(sc.crash_points),
     )
     run = FaultRun(placed=[], mail_dir=pool.mail_dir)
+    watcher_stop = threading.Event()
     started = time.monotonic()
     pool.start()
     log(f"fault suite: {sc.workers} workers up in {time.monotonic() - started:.1f}s; plans: "
@@ -659,6 +696,9 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
     try:
         if sc.chaos_interval:
             pool.start_chaos(interval=sc.chaos_interval, seed=sc.seed)
+        if sc.cancel_after_lost_charge and "charge.after_gateway" in sc.crash_points:
+            threading.Thread(target=_cancel_when_charge_lost, args=(pool, run, watcher_stop, log), daemon=True,
+                             name="fault-cancel").start()
         disruptions = ["temporal"] * sc.temporal_restarts
         if sc.database_outage_seconds:
             if is_postgres():
@@ -686,9 +726,15 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
             # Keep killing for a while as they run, then let them finish in peace.
             time.sleep(min(20, sc.settle_timeout / 4))
             pool.stop_chaos()
+        for placed in run.placed:
+            if placed.order_id in run.temporal_cancelled:
+                # Cancelled before shipping: whatever its plan, it must end cancelled.
+                placed.kind = PlanKind(f"{placed.kind.name}+temporal_cancel", placed.kind.plan,
+                                       frozenset({"cancelled"}), healthy=False, lines=placed.kind.lines)
         run.outcomes = settle(run.placed, timeout=sc.settle_timeout, log=log)
         run.workflows = workflow_states([p.order_id for p in run.placed])
     finally:
+        watcher_stop.set()
         pool.stop()
     run.kills.update(pool.kills)
     fired = pool.fired_points()
