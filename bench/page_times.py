@@ -31,8 +31,7 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import NoReverseMatch, reverse  # noqa: E402
 
-from orders.models import FollowUp, Order  # noqa: E402
-from ops.models import OperatorAction  # noqa: E402
+from orders.models import FollowUp, OperatorAction, Order  # noqa: E402
 
 RUNS = 5
 

@@ -40,7 +40,7 @@ from django.utils import timezone  # noqa: E402
 
 from orders.models import FollowUp, Order, OrderLine, Product, SagaEvent, new_public_token  # noqa: E402
 from orders.services.catalog import product_create  # noqa: E402
-from ops.models import OperatorAction  # noqa: E402
+from orders.models import OperatorAction  # noqa: E402
 from ops.roles import ROLES, staff_user_create  # noqa: E402
 
 PRODUCTS = 200

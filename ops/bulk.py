@@ -18,11 +18,11 @@ from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from orders.models import Order
+from orders.models import OperatorAction, Order
 from orders.status import SagaStatus, Step
 
 from .jobs import BULK_OPERATION_RUN, job_enqueue_on_commit
-from .models import BulkOperation, BulkOperationItem, OperatorAction
+from .models import BulkOperation, BulkOperationItem
 from .permissions import OPERATE_SAGAS
 from .services import ActionNotAllowed, operator_action_request
 

@@ -2,11 +2,11 @@
 
 from django import forms
 
-from orders.forms import DateRangeCheck
+from orders.models import OperatorAction
 from orders.status import Step
 
 from .followups import NOTE_MAX_LENGTH
-from .models import OperatorAction
+from .order_pages.forms import DateRangeCheck
 from .selectors import FOLLOWUP_OPEN, FOLLOWUP_VIEWS, AuditFilters
 
 

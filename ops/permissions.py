@@ -12,10 +12,18 @@ from django.core.exceptions import PermissionDenied
 VIEW_ORDERS = "orders.view_order"
 WORK_FOLLOWUPS = "ops.work_followups"
 OPERATE_SAGAS = "ops.operate_saga"
+VIEW_AUDIT_LOG = "orders.view_operatoraction"
+# Operators and admins create orders (admins hold every permission as superusers);
+# viewers and support staff do not. orders.add_order lets an admin grant it to one user.
+CREATE_ORDER_PERMISSIONS = (OPERATE_SAGAS, "orders.add_order")
 
 
 def staff_member(user) -> bool:
     return bool(user and user.is_authenticated and user.is_active and user.has_perm(VIEW_ORDERS))
+
+
+def can_create_orders(user) -> bool:
+    return bool(user.is_authenticated and any(user.has_perm(p) for p in CREATE_ORDER_PERMISSIONS))
 
 
 def staff_required(permission: str = VIEW_ORDERS):

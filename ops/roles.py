@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group, Permission
 VIEWER, SUPPORT, OPERATOR, ADMIN = "viewer", "support", "operator", "admin"
 ROLES = (VIEWER, SUPPORT, OPERATOR, ADMIN)
 
-_VIEW = ["orders.view_order", "orders.view_sagaevent", "orders.view_followup", "ops.view_operatoraction"]
+_VIEW = ["orders.view_order", "orders.view_sagaevent", "orders.view_followup", "orders.view_operatoraction"]
 ROLE_PERMISSIONS = {
     VIEWER: _VIEW,
     SUPPORT: [*_VIEW, "ops.work_followups", "orders.change_followup"],

@@ -4,15 +4,16 @@ however many rows there are.
 """
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from django.db.models import BooleanField, Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
-from orders.models import FollowUp, Order, SagaEvent
+from orders.circuit_breaker import BreakerState, breaker_states
+from orders.models import FollowUp, OperatorAction, Order, SagaEvent
 from orders.status import OrderStatus, SagaStatus, Step
 
-from .models import OperatorAction
+from .dates import day_start
 
 RECENT_ACTIVITY_LIMIT = 20
 RESOLVED_RECENTLY_DAYS = 7
@@ -66,16 +67,24 @@ def recent_saga_events(limit: int = RECENT_ACTIVITY_LIMIT) -> list[SagaEvent]:
     )
 
 
+def service_outages() -> list[BreakerState]:
+    """The outside services whose circuit breaker is open (or probing): down, with the sagas
+    waiting on them. Read from Redis, where the breakers live; no database query."""
+    return [state for state in breaker_states() if state.is_open]
+
+
 @dataclass(frozen=True)
 class DashboardSnapshot:
     counts: DashboardCounts
     recent_events: list[SagaEvent]
     taken_at: datetime
+    outages: list[BreakerState]
 
 
 def dashboard_snapshot() -> DashboardSnapshot:
-    """Everything the dashboard's live partials show. Three queries."""
-    return DashboardSnapshot(counts=dashboard_counts(), recent_events=recent_saga_events(), taken_at=timezone.now())
+    """Everything the dashboard's live partials show. Three queries, and one Redis round trip per breaker."""
+    return DashboardSnapshot(counts=dashboard_counts(), recent_events=recent_saga_events(), taken_at=timezone.now(),
+                             outages=service_outages())
 
 
 # --- stuck sagas ---------------------------------------------------------------------
@@ -173,10 +182,6 @@ class AuditFilters:
     date_to: date | None = None
 
 
-def _day_start(day) -> datetime:
-    return timezone.make_aware(datetime.combine(day, time.min))
-
-
 def order_number_normalize(text: str) -> str:
     """'SO-000042', 'so-42' and '42' all name order SO-000042."""
     text = text.strip().upper()
@@ -203,7 +208,7 @@ def operator_actions(filters: AuditFilters) -> QuerySet[OperatorAction]:
         conditions &= Q(order__number=order_number_normalize(filters.order_number))
     # Ranges on the column itself (not created_at__date) so its index serves them.
     if filters.date_from:
-        conditions &= Q(created_at__gte=_day_start(filters.date_from))
+        conditions &= Q(created_at__gte=day_start(filters.date_from))
     if filters.date_to:
-        conditions &= Q(created_at__lt=_day_start(filters.date_to + timedelta(days=1)))
+        conditions &= Q(created_at__lt=day_start(filters.date_to + timedelta(days=1)))
     return actions.filter(conditions).order_by("-created_at", "-id")

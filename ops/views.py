@@ -1,7 +1,7 @@
 """Operations pages: the dashboard, the stuck and follow-up queues, the audit log.
 
 Views check permissions, parse input and call one selector or service. Retry, compensate,
-resend and resolve buttons post to the orders app's action endpoint (orders:action);
+resend and resolve buttons post to the order pages' action endpoint (orders:action);
 bulk actions post to the background jobs app (background:bulk_create).
 """
 
@@ -11,7 +11,6 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from orders.models import FollowUp
@@ -20,7 +19,8 @@ from orders.status import Step
 from . import selectors
 from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
-from .permissions import OPERATE_SAGAS, WORK_FOLLOWUPS, staff_required
+from .http import safe_next
+from .permissions import OPERATE_SAGAS, VIEW_AUDIT_LOG, WORK_FOLLOWUPS, staff_required
 
 PAGE_SIZE = 50
 
@@ -28,13 +28,6 @@ PAGE_SIZE = 50
 def _page(request: HttpRequest, queryset):
     # get_page: a page number that is out of range or not a number shows the last/first page.
     return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
-
-
-def _safe_next(request: HttpRequest, fallback: str) -> str:
-    target = request.POST.get("next") or ""
-    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
-        return target
-    return fallback
 
 
 @require_GET
@@ -115,7 +108,7 @@ def _followup_act(request: HttpRequest, pk: int, act, *, success: str, note_form
         messages.error(request, error)
     else:
         messages.success(request, success)
-    return redirect(_safe_next(request, reverse("ops:followups")))
+    return redirect(safe_next(request, reverse("ops:followups")))
 
 
 @require_POST
@@ -153,7 +146,7 @@ def followup_note_add_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @staff_required()
 def audit(request: HttpRequest) -> HttpResponse:
-    if not request.user.has_perm("ops.view_operatoraction"):
+    if not request.user.has_perm(VIEW_AUDIT_LOG):
         raise PermissionDenied("You do not have permission to see the audit log.")
     form = AuditFilterForm(request.GET or None)
     page = _page(request, selectors.operator_actions(form.filters()))

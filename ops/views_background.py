@@ -10,25 +10,17 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from orders.status import Step
 
 from . import bulk, reconciliation, tasks
+from .http import safe_next
 from .stalls import selectors as sweeper
 from .models import BulkOperation, ReconciliationRun
 from .permissions import OPERATE_SAGAS, staff_required
 
 FLAGS_PAGE_LIMIT = 500
-
-
-def _back(request: HttpRequest, fallback: str) -> str:
-    """Where a refused form goes back to: the page it came from, if it is ours."""
-    target = request.META.get("HTTP_REFERER") or ""
-    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
-        return target
-    return fallback
 
 
 # --- stalled sagas -----------------------------------------------------------------------------
@@ -82,7 +74,7 @@ def _bulk_create(request: HttpRequest) -> HttpResponse:
         if request.htmx:
             return render(request, "ops/background/partials/bulk_error.html", {"error": str(exc)})
         messages.error(request, str(exc))
-        return redirect(_back(request, reverse("ops:stuck")))
+        return redirect(safe_next(request, reverse("ops:stuck"), or_referer=True))
     url = reverse("background:bulk_detail", args=[operation.pk])
     if request.htmx:
         response = render(request, "ops/background/partials/bulk_progress.html",

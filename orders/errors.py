@@ -26,6 +26,27 @@ class GatewayUnavailable(OrderError):
     """The payment gateway or carrier is down or timing out. Retried, then stuck."""
 
 
+class ServiceCircuitOpen(GatewayUnavailable):
+    """The service's circuit breaker is open (orders.circuit_breaker): the call was not
+    made, or it was the call that opened the circuit or a probe that failed (then its
+    __cause__ is the service's error, and like any unavailable call it may have acted:
+    the idempotency key covers the retry). Retryable, and not the step's failure: the saga
+    waits `retry_after` seconds (the cool-off left, or a moment while a probe is in
+    flight) without counting the attempt."""
+
+    def __init__(self, service: str, label: str, *, retry_after: float, probing: bool = False):
+        self.service = service
+        self.label = label
+        self.retry_after = max(retry_after, 0.0)
+        self.probing = probing
+        super().__init__(self.waiting_detail)
+
+    @property
+    def waiting_detail(self) -> str:
+        when = "a probe is in flight" if self.probing else f"next probe in {self.retry_after:.0f} s"
+        return f"waiting: {self.label[:1].lower()}{self.label[1:]} down (circuit open), {when}"
+
+
 class ShippingRejected(OrderError):
     """The carrier refused the shipment. Never retried: the saga compensates."""
 
@@ -40,4 +61,11 @@ NON_RETRYABLE_ERRORS = [
     InventoryFailure.__name__,
     PaymentDeclined.__name__,
     ShippingRejected.__name__,
+]
+
+# Retryable errors that are not the step's failure: a saga whose step ends on one of these
+# runs the step again instead of counting it toward stuck (the workflow's classification of
+# lost attempts should consult this list).
+NOT_COUNTED_TOWARD_STUCK = [
+    ServiceCircuitOpen.__name__,
 ]

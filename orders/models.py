@@ -224,6 +224,45 @@ class FollowUp(models.Model):
         ]
 
 
+class OperatorAction(models.Model):
+    """A command staff sent to an order's saga (retry, compensate, cancel, resend, resolve):
+    who asked, why, and what came of it. The signal carries this row's id, so the saga acts
+    once per row, and the saga event it causes points back here (SagaEvent.operator_action).
+
+    Who may send which command is a staff concern (ops.permissions); this is the record.
+    """
+
+    class Action(models.TextChoices):
+        RETRY = "retry"
+        COMPENSATE = "compensate"
+        CANCEL = "cancel"
+        RESEND = "resend", "resend notification"
+        RESOLVED = "resolved", "resolve follow-up"
+
+    class Outcome(models.TextChoices):
+        REQUESTED = "requested"  # audit row written, signal not yet sent
+        SENT = "sent"  # Temporal accepted the signal; the saga has not acted yet
+        APPLIED = "applied"
+        IGNORED = "ignored"  # the saga's state did not fit the command by the time it arrived
+        FAILED = "failed"  # the signal could not be delivered
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="operator_actions")
+    action = models.CharField(max_length=20, choices=Action.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.TextField(blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.REQUESTED)
+    outcome_detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["order", "-created_at"], name="opaction_order_created")]
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.order} by {self.actor} ({self.outcome})"
+
+
 class SagaEvent(models.Model):
     """Append-only log of what the saga did; the timeline pages read only this."""
 
@@ -237,6 +276,10 @@ class SagaEvent(models.Model):
     detail = models.TextField(blank=True)
     attempt = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The operator command this event answers (a signal applied or ignored), if any.
+    operator_action = models.ForeignKey(
+        OperatorAction, null=True, blank=True, on_delete=models.SET_NULL, related_name="saga_events"
+    )
 
     class Meta:
         ordering = ["id"]

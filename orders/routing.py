@@ -1,9 +1,8 @@
 from django.urls import path
 
-from .consumers import CustomerStatusConsumer, OrderDetailConsumer, OrderListConsumer
+from .consumers import CustomerStatusConsumer
 
+# Staff sockets: ops.routing.
 websocket_urlpatterns = [
-    path("ws/orders/", OrderListConsumer.as_asgi()),
-    path("ws/orders/<int:pk>/", OrderDetailConsumer.as_asgi()),
     path("ws/status/<str:token>/", CustomerStatusConsumer.as_asgi()),
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views.customer import customer_status_view
+from .views import customer_status_view
 
 app_name = "customer"
 urlpatterns = [

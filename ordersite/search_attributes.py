@@ -3,8 +3,8 @@
 Read by three things, so keep this file free of imports and keep the entries as plain
 `"Name": "Type"` string pairs:
 - the workflow code (import it as usual);
-- scripts/run_dev.py, which loads this file by path and passes each pair to
-  `temporal server start-dev --search-attribute Name=Type`;
+- scripts/run_dev.py, which loads this file by path and hands each pair to the
+  `temporal` line of Procfile.dev as `start-dev --search-attribute Name=Type`;
 - scripts/register_search_attributes.sh (the docker-compose one-shot job and the dev
   launcher when it reuses a server), which picks the pairs out of this file with grep.
 

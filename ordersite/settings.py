@@ -198,6 +198,23 @@ SAGA_STUCK_AUTO_COMPENSATE_SECONDS = env_float("SAGA_STUCK_AUTO_COMPENSATE_SECON
 DELIVERY_CHECK_INTERVAL_SECONDS = env_float("DELIVERY_CHECK_INTERVAL_SECONDS", 6 * 3600)
 DELIVERY_CHECKS_PER_RUN = int(os.environ.get("DELIVERY_CHECKS_PER_RUN", "20"))
 
+# Circuit breakers at the payment gateway and the carrier (orders.circuit_breaker), their
+# state in Redis so every worker process sees the same: open when at least MIN_CALLS calls
+# in the last WINDOW seconds were made and at least FAILURE_RATIO of them failed because
+# the service was down; fail fast for COOL_OFF seconds, then let one probe through.
+CIRCUIT_BREAKER_ENABLED = env_bool("CIRCUIT_BREAKER_ENABLED", True)
+CIRCUIT_BREAKER_WINDOW_SECONDS = int(os.environ.get("CIRCUIT_BREAKER_WINDOW_SECONDS", "60"))
+CIRCUIT_BREAKER_FAILURE_RATIO = env_float("CIRCUIT_BREAKER_FAILURE_RATIO", 0.5)
+CIRCUIT_BREAKER_MIN_CALLS = int(os.environ.get("CIRCUIT_BREAKER_MIN_CALLS", "10"))
+# Shorter than the charge step's start-to-close (30 s), so a step can wait it out within one attempt.
+CIRCUIT_BREAKER_COOL_OFF_SECONDS = env_float("CIRCUIT_BREAKER_COOL_OFF_SECONDS", 20)
+# A probe that has not answered in this long is presumed lost with its worker: another may probe.
+CIRCUIT_BREAKER_PROBE_TIMEOUT_SECONDS = env_float("CIRCUIT_BREAKER_PROBE_TIMEOUT_SECONDS", 35)
+CIRCUIT_BREAKER_REDIS_URL = os.environ.get("CIRCUIT_BREAKER_REDIS_URL", REDIS_URL)
+# Redis slower than this fails the breaker open (calls go through unguarded, logged).
+CIRCUIT_BREAKER_REDIS_TIMEOUT_SECONDS = env_float("CIRCUIT_BREAKER_REDIS_TIMEOUT_SECONDS", 0.5)
+CIRCUIT_BREAKER_KEY_PREFIX = os.environ.get("CIRCUIT_BREAKER_KEY_PREFIX", "ordersite:breaker")
+
 # --- the shop -------------------------------------------------------------------------
 SHOP_CURRENCY = os.environ.get("SHOP_CURRENCY", "EUR")
 MAX_ORDER_TOTAL = Decimal(os.environ.get("MAX_ORDER_TOTAL", "10000.00"))

@@ -6,7 +6,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("orders/", include("orders.urls")),
+    path("orders/", include("ops.order_pages.urls")),
     path("status/", include("orders.urls_customer")),
     path("ops/background/", include("ops.urls_background")),
     path("", include("ops.urls")),

@@ -49,6 +49,18 @@ def _fast_and_quiet(settings, tmp_path):
     settings.SAGA_RETRY_INITIAL_SECONDS = 0.05
 
 
+@pytest.fixture(autouse=True)
+def _breakers_closed():
+    """Every test starts with the gateway's and the carrier's circuit breakers closed (they live in Redis)."""
+    from orders.circuit_breaker import BREAKERS
+
+    for breaker in BREAKERS.values():
+        breaker.reset()
+    yield
+    for breaker in BREAKERS.values():
+        breaker.reset()
+
+
 @dataclass
 class SagaEnv:
     client: Client

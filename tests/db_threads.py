@@ -12,7 +12,7 @@ def close_connections_of_other_threads() -> None:
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from orders.consumers import _reader
+    from orders.live import _reader
 
     for executor in (_reader.pool, SyncToAsync.single_thread_executor):
         executor.submit(connections.close_all).result(10)

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from orders.models import FollowUp, Order, Product
 from orders.status import SagaStatus
-from ops.models import OperatorAction
+from orders.models import OperatorAction
 
 from .conftest import order_state, wait_for
 from .test_ops_data import audit_row, followup_order, placed_order, resolved_followup, shelf, stuck_order
@@ -49,7 +49,7 @@ def populate(n: int, product, actor) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("model", ["orders.order", "orders.product", "orders.followup", "ops.operatoraction"])
+@pytest.mark.parametrize("model", ["orders.order", "orders.product", "orders.followup", "orders.operatoraction"])
 def test_admin_list_pages_query_count_does_not_grow(client_as, staff_user, model):
     client = client_as("admin")
     actor = staff_user("operator")
@@ -256,12 +256,12 @@ def test_only_admins_manage_products(client_as, role):
 def test_audit_log_cannot_be_added_changed_or_deleted(client_as, staff_user):
     row = audit_row(stuck_order(), staff_user("operator"), reason="original")
     client = client_as("admin")
-    assert client.get(reverse("admin:ops_operatoraction_add")).status_code == 403
-    change = reverse("admin:ops_operatoraction_change", args=[row.pk])
+    assert client.get(reverse("admin:orders_operatoraction_add")).status_code == 403
+    change = reverse("admin:orders_operatoraction_change", args=[row.pk])
     assert client.get(change).status_code == 200  # viewable
     assert client.post(change, {"reason": "rewritten", "outcome": "applied"}).status_code == 403
-    assert client.post(reverse("admin:ops_operatoraction_delete", args=[row.pk]), {"post": "yes"}).status_code == 403
-    body = client.get(changelist("ops.operatoraction")).content.decode()
+    assert client.post(reverse("admin:orders_operatoraction_delete", args=[row.pk]), {"post": "yes"}).status_code == 403
+    body = client.get(changelist("orders.operatoraction")).content.decode()
     assert '<option value="delete_selected">' not in body
     row.refresh_from_db()
     assert row.reason == "original"
@@ -273,7 +273,7 @@ def test_staff_roles_can_read_the_audit_log_and_followups_in_the_admin(client_as
     audit_row(stuck_order(), staff_user("operator"))
     followup = followup_order()
     client = client_as(role)
-    assert client.get(changelist("ops.operatoraction")).status_code == 200
+    assert client.get(changelist("orders.operatoraction")).status_code == 200
     body = client.get(changelist("orders.followup")).content.decode()
     assert followup.order.number in body
     assert client.get(reverse("admin:orders_followup_add")).status_code == 403

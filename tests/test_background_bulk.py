@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ops.bulk import BulkInputInvalid, bulk_operation_create, bulk_operation_execute
-from ops.models import BulkOperation, BulkOperationItem, OperatorAction
+from ops.models import BulkOperation, BulkOperationItem
+from orders.models import OperatorAction
 from sandbox.adapters import sandbox_outage_set
 from orders.status import OrderStatus, SagaStatus
 

@@ -6,10 +6,9 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied
 
 from sandbox.adapters import sandbox_outage_set
-from orders.models import SagaEvent
+from orders.models import OperatorAction, SagaEvent
 from orders.saga.shared import OperatorCommand
 from orders.status import SagaStatus
-from ops.models import OperatorAction
 from ops.roles import VIEWER, staff_user_create
 from ops.services import ActionNotAllowed, saga_retry
 
@@ -40,6 +39,10 @@ async def test_repeated_retry_signal_has_no_second_effect(saga_env, operator_use
     assert "not stuck" in kinds[1][1]
     outcomes = await sync_to_async(lambda: dict(OperatorAction.objects.values_list("pk", "outcome")))()
     assert outcomes == {action.pk: "applied", second.pk: "ignored"}
+    # Each answer points at the command it answers.
+    answered = await sync_to_async(lambda: list(order.events.filter(kind__in=["signal", "ignored"]).order_by("id")
+                                                .values_list("operator_action_id", flat=True)))()
+    assert answered == [action.pk, second.pk]
     # One retry after the stuck state: one more charge attempt, one charge.
     stuck_at = await sync_to_async(lambda: order.events.get(kind="stuck").pk)()
     reruns = await sync_to_async(order.events.filter(pk__gt=stuck_at, step="charge", kind="started").count)()

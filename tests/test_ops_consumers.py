@@ -14,6 +14,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from orders.broadcast import OPS_GROUP
+from orders.live import COALESCE_SECONDS
 from ops import consumers
 
 from .test_ops_data import record_event, stuck_order
@@ -84,7 +85,7 @@ async def test_a_burst_of_events_is_answered_by_a_few_renders_shared_by_all_sock
             await layer.group_send(OPS_GROUP, {"type": "saga.event", "event": {}, "order": {}})
         for socket in sockets:
             await receive_until(socket, f'id="ops-event-{marker.pk}"')
-        await asyncio.sleep(consumers.COALESCE_SECONDS * 3)
+        await asyncio.sleep(COALESCE_SECONDS * 3)
         # 41 events to 3 sockets would be 123 renders without coalescing and sharing; the
         # marker's broadcast may land in a second window, and another test run may publish.
         assert 1 <= len(renders) <= 4, renders

@@ -12,7 +12,7 @@ from django.utils import timezone
 from orders.models import FollowUp, Order, Product, SagaEvent
 from orders.services.events import saga_event_record
 from orders.status import OrderStatus, SagaStatus
-from ops.models import OperatorAction
+from orders.models import OperatorAction
 
 from .factories import make_order, make_product
 from .saga_states import order_needs_followup

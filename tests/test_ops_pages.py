@@ -1,20 +1,19 @@
-"""The operations pages: dashboard, stuck queue, follow-up queue, audit log.
+"""The operations pages: dashboard, stuck queue, follow-up queue (the audit log's own
+page: test_ops_audit_page.py).
 
 Who can see them, what each role is offered, filters and pagination, and that the number
 of queries does not grow with the number of rows.
 """
 
 import re
-from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
 
-from ops.models import OperatorAction
+from orders.models import OperatorAction
 
 from .saga_states import order_completed
 from .test_ops_data import audit_row, followup_order, placed_order, resolved_followup, shelf, stuck_order
@@ -268,66 +267,6 @@ def test_followup_queue_shows_the_last_action_asked(client_as, staff_user):
     audit_row(followup.order, staff_user("support"), action="resend", outcome="sent")
     body = client_as("viewer").get(reverse("ops:followups")).content.decode()
     assert "resend sent" in body
-
-
-# --- audit log ------------------------------------------------------------------------------
-
-
-def test_audit_log_newest_first_with_links(client_as, staff_user):
-    product = shelf()
-    ana, bo = staff_user("operator", username="ana"), staff_user("support", username="bo")
-    first = audit_row(stuck_order(product), ana, action="retry", outcome="applied", days_ago=3)
-    second = audit_row(followup_order(product).order, bo, action="resend", outcome="failed", reason="customer asked")
-    body = client_as("viewer").get(reverse("ops:audit")).content.decode()
-    assert re.findall(r'<tr id="audit-(\d+)">', body) == [str(second.pk), str(first.pk)]
-    assert f'href="{reverse("orders:detail", args=[first.order_id])}"' in body
-    assert "customer asked" in body and "ana" in body and "resend notification" in body
-
-
-@pytest.mark.parametrize(
-    "params, expected",
-    [
-        ({"action": "retry"}, {"a"}),
-        ({"outcome": "failed"}, {"b"}),
-        ({"actor": "ANA"}, {"a", "c"}),
-        ({"order": "{b_number}"}, {"b"}),
-        ({"order": "{b_short}"}, {"b"}),
-        ({"date_from": "{five_days_ago}", "date_to": "{two_days_ago}"}, {"a"}),
-        ({"date_from": "{today}"}, {"b", "c"}),
-        ({"action": "compensate", "actor": "ana"}, {"c"}),
-    ],
-)
-def test_audit_log_filters(client_as, staff_user, params, expected):
-    product = shelf()
-    ana, bo = staff_user("operator", username="ana"), staff_user("support", username="bo")
-    rows = {
-        "a": audit_row(stuck_order(product), ana, action="retry", outcome="applied", days_ago=3),
-        "b": audit_row(followup_order(product).order, bo, action="resend", outcome="failed"),
-        "c": audit_row(stuck_order(product), ana, action="compensate", outcome="sent"),
-    }
-    today = timezone.now().date()
-    values = {
-        "b_number": rows["b"].order.number, "b_short": str(rows["b"].order_id),
-        "five_days_ago": str(today - timedelta(days=5)), "two_days_ago": str(today - timedelta(days=2)),
-        "today": str(today),
-    }
-    query = {k: v.format(**values) for k, v in params.items()}
-    body = client_as("viewer").get(reverse("ops:audit"), query).content.decode()
-    shown = set(re.findall(r'<tr id="audit-(\d+)">', body))
-    assert shown == {str(rows[key].pk) for key in expected}
-
-
-def test_audit_log_reports_bad_filters_and_ignores_them(client_as, staff_user):
-    audit_row(stuck_order(), staff_user("operator"))
-    client = client_as("viewer")
-    body = client.get(reverse("ops:audit"), {"date_from": "yesterday", "action": "explode"}).content.decode()
-    assert "Enter a valid date." in body
-    assert "Select a valid choice. explode is not one of the available choices." in body
-    assert len(re.findall(r'<tr id="audit-', body)) == 1  # the bad filters narrow nothing
-
-    body = client.get(reverse("ops:audit"), {"date_from": "2020-01-02", "date_to": "2020-01-01"}).content.decode()
-    assert "The end date is before the start date." in body
-    assert len(re.findall(r'<tr id="audit-', body)) == 1  # only the valid start date applies
 
 
 # --- queries do not grow with rows -------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 
 from bench.seed_orders import seed
 from orders.models import FollowUp, Order, OrderLine, Product, SagaEvent
-from ops.models import OperatorAction
+from orders.models import OperatorAction
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import transaction
 
-from orders.consumers import reader_connection_close
+from orders.live import reader_connection_close
 from orders.locks import lock_order
 from orders.models import Order
 from orders.services.events import order_saga_state_set, saga_event_record

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from orders.consumers import reader_connection_close
+from orders.live import reader_connection_close
 from orders.models import Order
 from orders.status import SagaStatus
 

@@ -118,7 +118,7 @@ async def test_shipping_failure_is_compensated_in_reverse_order(saga_env):
 
 
 async def test_notification_failure_goes_to_followup_then_resend_and_resolve(saga_env, operator_user):
-    from ops.models import OperatorAction
+    from orders.models import OperatorAction
     from ops.services import followup_resend, followup_resolve
 
     # Fails its three attempts, then works: the resend succeeds.
@@ -151,7 +151,7 @@ async def test_notification_failure_goes_to_followup_then_resend_and_resolve(sag
 
 async def test_gateway_outage_leaves_saga_stuck_until_operator_decides(saga_env, operator_user):
     from sandbox.adapters import sandbox_outage_set
-    from ops.models import OperatorAction
+    from orders.models import OperatorAction
     from ops.services import saga_compensate, saga_retry
 
     await sync_to_async(sandbox_outage_set)("payment", active=True)

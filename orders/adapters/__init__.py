@@ -1,7 +1,8 @@
 """The outside world: payment gateway, shipping carrier, customer notification.
 
 Each is chosen by a dotted path in settings, so production swaps the sandbox for a
-real client without touching the saga.
+real client without touching the saga. The gateway and the carrier are loaded behind
+their circuit breakers (orders.circuit_breaker), shared by every process.
 """
 
 from functools import cache
@@ -9,6 +10,7 @@ from functools import cache
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from ..circuit_breaker import BreakerGuarded, breaker_for
 from .base import Carrier, CustomerNotifier, PaymentGateway
 
 
@@ -17,12 +19,17 @@ def _load(path: str):
     return import_string(path)()
 
 
+@cache
+def _guarded(path: str, breaker: str):
+    return BreakerGuarded(_load(path), breaker_for(breaker))
+
+
 def payment_gateway() -> PaymentGateway:
-    return _load(settings.PAYMENT_GATEWAY)
+    return _guarded(settings.PAYMENT_GATEWAY, "payment")
 
 
 def shipping_carrier() -> Carrier:
-    return _load(settings.SHIPPING_CARRIER)
+    return _guarded(settings.SHIPPING_CARRIER, "shipping")
 
 
 def customer_notifier() -> CustomerNotifier:

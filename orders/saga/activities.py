@@ -7,15 +7,18 @@ the service records 'succeeded' in the same transaction as its effect.
 """
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from django.db import close_old_connections, transaction
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from ..circuit_breaker import breaker_for
 from ..crashpoints import crash_point
-from ..errors import NON_RETRYABLE_ERRORS, OrderError
+from ..errors import NON_RETRYABLE_ERRORS, OrderError, ServiceCircuitOpen
 
 from ..services import inventory, notifications, ordering, payments, shipping
+from ..services.outages import saga_step_waiting
 from ..services.saga import saga_step_failed, saga_step_started, saga_transition_record
 from .shared import (
     DeliveryCheck,
@@ -65,7 +68,7 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
                 started()
                 return StepResult(detail=body(attempt))
         started()
-        return StepResult(detail=body(attempt))
+        return StepResult(detail=_waiting_out_open_circuits(inp, body, attempt=attempt, compensation=compensation))
     except Exception as exc:
         if own_database_only:
             started()  # it rolled back with the effect
@@ -81,6 +84,49 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
         raise
     finally:
         close_old_connections()
+
+
+def _waiting_out_open_circuits(inp: StepInput, body: Callable[[int], str], *, attempt: int,
+                               compensation: bool) -> str:
+    """Run the step's service; while the gateway's or carrier's circuit is open, wait.
+
+    The step records "waiting: ... (circuit open), next probe in N s" (not a failed
+    attempt). If the probe is due before this attempt's start-to-close runs out, the
+    attempt sleeps until then and calls again (it may be the probe); otherwise it ends with
+    a ServiceCircuitOpen ApplicationError whose next_retry_delay is the cool-off left.
+    """
+    while True:
+        try:
+            return body(attempt)
+        except ServiceCircuitOpen as exc:
+            saga_step_waiting(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
+                              detail=exc.waiting_detail, compensation=compensation)
+            breaker_for(exc.service).waiting_note(inp.order_id)
+            if not _sleep_within_attempt(exc.retry_after):
+                raise ApplicationError(
+                    exc.waiting_detail, exc.retry_after, type=ServiceCircuitOpen.__name__,
+                    next_retry_delay=timedelta(seconds=max(exc.retry_after, 0.2)),
+                    category=ApplicationErrorCategory.BENIGN,
+                ) from exc
+
+
+# Time left at the end of an attempt after its wait: for the probe call itself.
+_PROBE_ALLOWANCE = timedelta(seconds=3)
+
+
+def _sleep_within_attempt(seconds: float) -> bool:
+    """Sleep `seconds` (a little more, so the probe is due) if the attempt has the time, and
+    say whether it slept. Not for steps with a heartbeat timeout shorter than the wait: a
+    bare heartbeat here would overwrite the details they heartbeat (shipping's last parcel)."""
+    info = activity.info()
+    wait = timedelta(seconds=seconds + 0.05)
+    deadline = info.current_attempt_scheduled_time + (info.start_to_close_timeout or timedelta(0)) - _PROBE_ALLOWANCE
+    if datetime.now(UTC) + wait > deadline:
+        return False
+    if info.heartbeat_timeout and wait >= info.heartbeat_timeout / 2:
+        return False
+    activity.wait_for_cancelled_sync(wait.total_seconds())
+    return not activity.is_cancelled()
 
 
 @_activity("validate_order", queue=ORDERS_QUEUE_ACTIVITIES)
@@ -156,15 +202,10 @@ def notify_customer(inp: StepInput) -> StepResult:
 
 @_activity("record_transition", queue=ORDERS_QUEUE_ACTIVITIES)
 def record_transition(transition: SagaTransition) -> None:
-    from ops.services import operator_action_outcome_record  # ops builds on orders
-
+    """The event, the order's saga state and, for an operator command, its outcome."""
     close_old_connections()
     try:
         saga_transition_record(transition)
-        if transition.action_id is not None:
-            operator_action_outcome_record(
-                action_id=transition.action_id, outcome=transition.action_outcome, detail=transition.detail
-            )
         crash_point("bookkeeping.after_commit", order=transition.order_id, kind=transition.kind)
     finally:
         close_old_connections()

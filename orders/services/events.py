@@ -23,16 +23,19 @@ def _order_snapshot(order: Order) -> dict:
 
 
 def saga_event_record(
-    order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1, **state: str | None
+    order: Order, *, kind: str, step: str = "", detail: str = "", attempt: int = 1,
+    operator_action_id: int | None = None, **state: str | None
 ) -> SagaEvent:
     """Append an event to the order's log and broadcast it (with the order's state) after commit.
 
     `state` (status, saga_status, current_step, last_error) changes the order in the same
     UPDATE that stamps last_event_at: one write for the order per event.
+    `operator_action_id`: the operator command this event answers (a signal, an ignored one).
     The caller holds the order's row lock (orders.locks.lock_order).
     """
     changed = _apply_state(order, **state)
-    event = SagaEvent.objects.create(order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt)
+    event = SagaEvent.objects.create(order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt,
+                                     operator_action_id=operator_action_id)
     order.last_event_at = event.created_at
     order.save(update_fields=[*changed, "last_event_at", "updated_at"])
     publish_on_commit(

@@ -12,6 +12,7 @@ from ..saga import search_attributes as sa
 from ..saga.shared import RetrySettings, SagaInput, SagaTransition, StepName
 from ..status import ORDER_STATUS_AFTER_SAGA, SagaStatus
 from ..temporal_client import run_with_client
+from .commands import operator_action_outcome_record
 from .events import order_saga_state_set, saga_event_record
 
 logger = logging.getLogger(__name__)
@@ -93,9 +94,19 @@ def saga_step_failed(*, order_id: int, step: str, attempt: int, error: str) -> N
 
 
 def saga_transition_record(transition: SagaTransition) -> None:
-    """A workflow-level change (stuck, compensating, finished, a signal) in the read model."""
+    """A workflow-level change (stuck, compensating, finished, a signal) in the read model.
+
+    A transition that answers an operator command (`action_id`) also records the command's
+    outcome, and its event points to the command: one transaction for both.
+    """
     with transaction.atomic():
         order = lock_order(transition.order_id)
+        action_id = None
+        if transition.action_id is not None and operator_action_outcome_record(
+            action_id=transition.action_id, order_id=order.pk, outcome=transition.action_outcome,
+            detail=transition.detail,
+        ):
+            action_id = transition.action_id
         stuck = transition.kind == SagaEvent.Kind.STUCK
         state = {
             "status": ORDER_STATUS_AFTER_SAGA.get(transition.saga_status),
@@ -104,6 +115,7 @@ def saga_transition_record(transition: SagaTransition) -> None:
             "last_error": transition.detail if stuck else None,
         }
         if transition.kind:
-            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail, **state)
+            saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail,
+                              operator_action_id=action_id, **state)
         else:
             order_saga_state_set(order, **state)

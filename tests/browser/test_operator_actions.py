@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from playwright.async_api import expect
 
-from ops.models import OperatorAction
+from orders.models import OperatorAction
 from orders.models import FollowUp
 from orders.status import SagaStatus
 

@@ -1,16 +1,21 @@
-"""The customer's order page, reached by the unguessable link in their email. No login."""
+"""The customer's order page, reached by the unguessable link in their email. No login.
+
+(Staff pages are ops': ops.order_pages and ops.views.)
+"""
 
 from django.http import Http404
 from django.shortcuts import render
 
-from ..selectors import customer_order_status, order_by_public_token
+from .presenters import customer_status_present
+from .selectors.customer import customer_order, order_by_public_token
 
 
 def customer_status_view(request, token: str):
     order = order_by_public_token(token)
     if order is None:
         raise Http404("We can't find an order at this address.")
-    response = render(request, "orders/customer_status.html", {"status": customer_order_status(order), "token": token})
+    status = customer_status_present(customer_order(order))
+    response = render(request, "orders/customer_status.html", {"status": status, "token": token})
     # The link is the key to the page: keep it out of Referer headers, caches and search engines.
     response["Referrer-Policy"] = "no-referrer"
     response["Cache-Control"] = "private, no-store"

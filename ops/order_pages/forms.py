@@ -11,10 +11,12 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
-from .faults import PRESETS
-from .models import Product
+from orders.faults import PRESETS
+from orders.models import Product
+from orders.services.ordering import LineRequest
+from orders.status import OrderStatus, SagaStatus, Step
+
 from .selectors import DEFAULT_SORT, LIST_SORTS, OrderListFilters
-from .status import OrderStatus, SagaStatus, Step
 
 SORT_LABELS = {
     "-created": "Newest first",
@@ -196,9 +198,7 @@ class OrderCreateForm(forms.Form):
 
     # -- what the service gets ------------------------------------------------------------
 
-    def line_requests(self):
-        from .services.ordering import LineRequest
-
+    def line_requests(self) -> list[LineRequest]:
         return [LineRequest(product_id=pid, quantity=qty) for pid, qty in self.quantities.items()]
 
     def fault_plan(self) -> dict | None:

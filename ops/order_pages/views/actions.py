@@ -15,27 +15,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from ops.models import OperatorAction
-from ops.permissions import staff_required
-from ops.services import ActionNotAllowed, operator_action_request
+from orders.models import OperatorAction, Order
 
+from ...http import safe_next
+from ...permissions import staff_required
+from ...services import ActionNotAllowed, operator_action_request
 from ..forms import OperatorActionForm
-from ..models import Order
-from ..selectors import (
-    ACTION_ORDER,
-    order_actions,
-    order_for_actions,
-    user_action_permissions,
-)
-from .common import safe_next
-
-SUCCESS_MESSAGES = {
-    "retry": "Retry sent to the saga of {number}: the failed step runs again.",
-    "compensate": "Compensation sent to the saga of {number}: completed steps are being undone.",
-    "cancel": "Cancellation sent to the saga of {number}: it stops and undoes what it did.",
-    "resend": "Resend sent to the saga of {number}: the customer is being notified again.",
-    "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
-}
+from ..presenters import ActionButtons, action_outcome_message
+from ..selectors import ACTION_ORDER, order_actions, order_for_actions, user_action_permissions
 
 
 @require_POST
@@ -59,20 +46,9 @@ def order_action_view(request, pk: int, action: str):
         except ActionNotAllowed as not_allowed:
             text, level = str(not_allowed), messages.ERROR
         else:
-            text = _outcome_message(audit)
+            text = action_outcome_message(audit)
             level = messages.ERROR if audit.outcome == OperatorAction.Outcome.FAILED else messages.SUCCESS
     return _respond(request, pk=pk, action=action, text=text, level=level, status=status)
-
-
-def _outcome_message(audit: OperatorAction) -> str:
-    number, what = audit.order.number, audit.get_action_display().lower()
-    if audit.outcome == OperatorAction.Outcome.FAILED:
-        # The technical reason is in the audit row; the message says what to do.
-        return (f"The {what} for {number} is in the audit log but could not be sent: the saga service "
-                f"did not answer. Nothing changed; try again in a moment.")
-    if audit.outcome == OperatorAction.Outcome.IGNORED:
-        return f"The saga of {number} ignored the {what}: {audit.outcome_detail}"
-    return SUCCESS_MESSAGES[audit.action].format(number=number)
 
 
 def _respond(request, *, pk: int, action: str, text: str, level: int, status: int):
@@ -87,7 +63,7 @@ def _respond(request, *, pk: int, action: str, text: str, level: int, status: in
         order = order_for_actions(pk)
         if order is None:
             raise Http404("No such order.")
-        context = {"actions": order_actions(order, user_action_permissions(request.user)), "order": order,
+        context = {"actions": ActionButtons(order_actions(order, user_action_permissions(request.user))), "order": order,
                    "action_message": text, "action_message_tag": tag}
         response = render(request, "orders/partials/order_actions.html", context, status=status)
     else:

@@ -3,15 +3,11 @@
 from django.http import Http404
 from django.shortcuts import render
 
-from ops.permissions import staff_required
+from orders.selectors.ledger import OrderDetail, order_detail
 
-from ..selectors import (
-    OrderDetail,
-    order_actions,
-    order_detail,
-    user_action_permissions,
-)
-from .common import can_create_orders
+from ...permissions import can_create_orders, staff_required
+from ..presenters import ActionButtons
+from ..selectors import order_actions, user_action_permissions
 
 
 def detail_context(detail: OrderDetail) -> dict:
@@ -30,6 +26,6 @@ def order_detail_view(request, pk: int):
     if detail is None:
         raise Http404("No such order.")
     context = detail_context(detail)
-    context["actions"] = order_actions(detail.order, user_action_permissions(request.user))
+    context["actions"] = ActionButtons(order_actions(detail.order, user_action_permissions(request.user)))
     context["can_create"] = can_create_orders(request.user)
     return render(request, "orders/detail.html", context)

@@ -1,3 +1,6 @@
+"""/orders/...: the staff order pages, in the `orders` URL namespace (orders:list,
+orders:detail, ...), which they had before they moved to ops."""
+
 from django.urls import path
 
 from .views.actions import order_action_view

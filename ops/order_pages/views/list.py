@@ -2,11 +2,11 @@
 
 from django.shortcuts import render
 
-from ops.permissions import staff_required
-
+from ...http import htmx_partial
+from ...permissions import can_create_orders, staff_required
 from ..forms import OrderFilterForm, parse_page
+from ..presenters import order_row_present
 from ..selectors import order_list
-from .common import can_create_orders, htmx_partial
 
 TABLE_ID = "order-table"
 
@@ -16,6 +16,7 @@ def order_list_view(request):
     form = OrderFilterForm(request.GET)
     form.is_valid()  # invalid filters are shown and left out, never an error page
     page = order_list(form.filters(), page=parse_page(request.GET.get("page")))
+    page.orders = [order_row_present(order) for order in page.orders]
     context = {"form": form, "page": page, "can_create": can_create_orders(request.user)}
     template = "orders/partials/order_table.html" if htmx_partial(request, TABLE_ID) else "orders/list.html"
     return render(request, template, context)

@@ -5,12 +5,11 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from ops.permissions import staff_required
+from orders.selectors.catalog import products_for_sale
+from orders.services.ordering import OrderRejected, order_create
 
+from ...permissions import can_create_orders, staff_required
 from ..forms import MAX_LINES, OrderCreateForm
-from ..selectors import products_for_sale
-from ..services.ordering import OrderRejected, order_create
-from .common import can_create_orders
 
 
 def _require_create_permission(request) -> None:

@@ -1,0 +1,197 @@
+"""Sockets of the staff order pages: the live list (ws/orders/) and an order's detail
+(ws/orders/<pk>/). They only read: on connect (every reconnect included) they render the
+page's live parts from the database, so an event missed while a socket was down is never
+lost from view; on each saga.event they render again and send HTML that htmx swaps out of
+band. Renders are shared by every socket of the process watching the same order
+(orders.live.shared_renders) and run on the sockets' reader thread (orders.live.database_read).
+"""
+
+from dataclasses import dataclass, replace
+
+from django.template.loader import render_to_string
+
+from orders.broadcast import OPS_GROUP, order_group
+from orders.live import CLOSE_NOT_FOUND, database_read, shared_renders
+from orders.models import Order
+from orders.selectors.ledger import order_detail
+
+from ..live import StaffConsumer
+from .presenters import ActionButtons, order_row_present
+from .selectors import order_actions, order_row_get
+from .views.detail import detail_context
+
+# --- rendering (sync, on the reader thread) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which parts of the detail page a saga event can have changed, besides the timeline
+    header (every frame carries it) and the summary (sent when the order's state moved)."""
+
+    track: bool = False  # the forward step's own track
+    all_heads: bool = False  # every step's head (a finished saga marks steps it never ran)
+    compensation: bool = False  # the reverse track
+    saga_events: bool = False  # events of the saga as a whole
+    audit: bool = False  # the operator actions list
+    ledger: frozenset[str] = frozenset()  # ledger sections: stock, payments, shipment, notify
+    # The buttons that fit, beyond a change of saga status or current step (which is always
+    # checked): a follow-up opening or closing, an operator command.
+    actions: bool = False
+
+
+# Which ledger section a step's effect (or its compensation) lands in.
+LEDGER_OF_STEP = {"reserve": "stock", "confirm": "stock", "charge": "payments", "ship": "shipment", "notify": "notify"}
+
+
+def frame_plan(kind: str, step: str) -> FramePlan | None:
+    """What to re-render for an event; None means the whole page (an event kind this code
+    does not know)."""
+    ledger = frozenset({LEDGER_OF_STEP[step]}) if step in LEDGER_OF_STEP else frozenset()
+    if not step:
+        if kind == "finished":
+            # The saga's end: its own event, steps never reached become "not run", a
+            # follow-up may have been closed, and no button fits any more.
+            return FramePlan(saga_events=True, all_heads=True, ledger=frozenset({"notify"}), actions=True)
+        return FramePlan(saga_events=True, audit=kind in ("signal", "ignored"))
+    plans = {
+        "started": FramePlan(track=True),
+        "retrying": FramePlan(track=True),
+        "succeeded": FramePlan(track=True, ledger=ledger),
+        "failed": FramePlan(track=True, ledger=ledger if step == "notify" else frozenset()),
+        "stuck": FramePlan(track=True),
+        "followup": FramePlan(track=True, ledger=ledger, actions=True),
+        "compensating": FramePlan(track=True, compensation=True),
+        "compensated": FramePlan(track=True, compensation=True, ledger=ledger),
+        "signal": FramePlan(track=True, audit=True, ledger=ledger if step == "notify" else frozenset(), actions=True),
+        "ignored": FramePlan(track=True, audit=True),
+        "finished": FramePlan(track=True, ledger=ledger, actions=True),  # delivered (on the ship step)
+    }
+    return plans.get(kind)
+
+
+def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind: str = "",
+                        step: str = "") -> tuple[str, Order, bool] | None:
+    """One out-of-band frame of the detail page, read from the database; returns the HTML,
+    the order, and whether the buttons may have changed.
+
+    Fresh (no trigger) or for an event without a plan: summary, whole timeline, whole ledger.
+    Otherwise the summary, the timeline header and the parts in the event's FramePlan, with
+    only the queries those parts need (a step's progress: the order and its events).
+    """
+    plan = frame_plan(kind, step) if trigger_event_id is not None else None
+    if plan is None:
+        detail = order_detail(order_id, lines=False)
+    else:
+        detail = order_detail(order_id, lines=False, ledger=plan.ledger, audit=plan.audit)
+    if detail is None:
+        return None
+    track = appended = None
+    if plan is not None and plan.track:
+        if kind in ("compensating", "compensated"):
+            track = detail.timeline.step_track(step)  # the step being undone changes state too
+        else:
+            track = detail.timeline.forward_track_of(trigger_event_id)
+            # The event is appended to the step's list: the earlier ones are on the page already.
+            appended = next((e for e in track.events if e.id == trigger_event_id), None) if track else None
+        if track is None:
+            # Not on a forward step: a compensation failing, say. Send the tracks it can be on.
+            plan = replace(plan, compensation=True, saga_events=True)
+    order = detail.order
+    summary_changed = _state_moved("summary", order, (order.status, order.saga_status, order.current_step,
+                                                      order.last_error, order.stuck_since))
+    # The buttons depend on the saga status, the current step and an open follow-up.
+    buttons_changed = _state_moved("buttons", order, (order.saga_status, order.current_step))
+    context = {**detail_context(detail), "oob": True, "trigger_event_id": trigger_event_id, "plan": plan,
+               "track": track, "appended_event": appended, "summary_changed": summary_changed}
+    html = render_to_string("orders/partials/order_detail_live.html", context)
+    return html, order, buttons_changed or plan is None or plan.actions
+
+
+# What each order's summary and buttons were last rendered from, in this process (only the
+# reader thread touches it): most events (a step starting, failing, retrying, succeeding)
+# move neither, and every socket got both fresh when it connected.
+_rendered_from: dict[tuple[str, int], tuple] = {}
+
+
+def _state_moved(part: str, order: Order, state: tuple) -> bool:
+    key = (part, order.pk)
+    moved = _rendered_from.get(key) != state
+    _rendered_from[key] = state
+    if len(_rendered_from) > 20_000:
+        _rendered_from.clear()  # a bound, not a cache policy: forgetting only costs a re-render
+    return moved
+
+
+def render_actions(order: Order, permissions: frozenset[str]) -> str:
+    """The operator buttons: they depend on the user, so they are rendered per permission set."""
+    context = {"actions": ActionButtons(order_actions(order, permissions)), "order": order, "oob": True}
+    return render_to_string("orders/partials/order_actions.html", context)
+
+
+def render_row(order_id: int) -> str:
+    order = order_row_get(order_id)
+    if order is None:
+        return ""
+    return render_to_string("orders/partials/order_row.html", {"order": order_row_present(order), "oob": True})
+
+
+def order_exists(order_id: int) -> bool:
+    return Order.objects.filter(pk=order_id).exists()
+
+
+# --- consumers ----------------------------------------------------------------------------
+
+
+class OrderListConsumer(StaffConsumer):
+    """ws/orders/: a row for every order a saga event touches."""
+
+    async def connect(self):
+        if not await self.authorize():
+            return
+        await self.join(OPS_GROUP)
+        await self.accept()
+
+    async def saga_event(self, message):
+        order_id, event_id = message["order"]["order_id"], message["event"]["id"]
+        await self.send_safely(lambda: shared_renders.get(("row", order_id, event_id), render_row, order_id))
+
+
+class OrderDetailConsumer(StaffConsumer):
+    """ws/orders/<pk>/: the order's summary, timeline, ledger and this user's buttons."""
+
+    async def connect(self):
+        if not await self.authorize():
+            return
+        self.order_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        if not await database_read(order_exists, self.order_id):
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        await self.join(order_group(self.order_id))
+        await self.accept()
+        await self.send_safely(self._fresh_frame)
+
+    async def _fresh_frame(self) -> str:
+        def render():
+            rendered = render_detail_frame(self.order_id)
+            if rendered is None:
+                return ""
+            html, order, _ = rendered
+            return html + render_actions(order, self.permissions)
+
+        return await database_read(render)
+
+    async def saga_event(self, message):
+        await self.send_safely(lambda: self._event_frame(message["event"]))
+
+    async def _event_frame(self, event: dict) -> str:
+        event_id, kind, step = event["id"], event["kind"], event["step"]
+        rendered = await shared_renders.get(("detail", self.order_id, event_id), render_detail_frame,
+                                            self.order_id, event_id, kind, step)
+        if rendered is None:
+            return ""
+        html, order, buttons_may_change = rendered
+        if not buttons_may_change:
+            return html
+        actions = await shared_renders.get(("actions", self.order_id, event_id, self.permissions),
+                                           render_actions, order, self.permissions)
+        return html + actions

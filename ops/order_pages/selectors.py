@@ -1,0 +1,168 @@
+"""Reads behind the staff order pages: the order list (filters, search, sorts, pages) and
+which operator actions fit an order for a user. Data only: labels and copy are in
+ops.order_pages.presenters.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from django.db.models import Q, QuerySet
+
+from orders.models import Order
+from orders.services.commands import operator_action_check
+from orders.status import SagaStatus
+
+from ..dates import day_start
+from ..services import ACTION_PERMISSIONS
+
+# --- the order list ---------------------------------------------------------------------
+
+# Sort keys offered by the list; each ends with the primary key so pages never overlap.
+LIST_SORTS = {
+    "-created": ("-created_at", "-id"),
+    "created": ("created_at", "id"),
+    "-total": ("-total", "-id"),
+    "total": ("total", "id"),
+    "status": ("status", "-created_at", "-id"),
+    "-status": ("-status", "-created_at", "-id"),
+}
+DEFAULT_SORT = "-created"
+# Counting every match of a broad filter over 100,000 orders costs more than the page
+# itself; above this many the list says "more than N" instead of counting on.
+COUNT_CAP = 1000
+_ORDER_NUMBER = re.compile(r"^(?:so-?)?0*(\d{1,12})$", re.IGNORECASE)
+_WHOLE_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class OrderListFilters:
+    status: str = ""
+    saga_status: str = ""
+    step: str = ""
+    stuck: bool = False
+    needs_followup: bool = False
+    date_from: date | None = None
+    date_to: date | None = None
+    q: str = ""
+    sort: str = DEFAULT_SORT
+
+
+@dataclass
+class OrderListPage:
+    orders: list[Order]
+    number: int
+    per_page: int
+    has_next: bool
+    # How many orders match, or None past COUNT_CAP (shown as "more than COUNT_CAP").
+    total: int | None
+    count_cap: int = COUNT_CAP
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def first_index(self) -> int:
+        return (self.number - 1) * self.per_page + 1 if self.orders else 0
+
+    @property
+    def last_index(self) -> int:
+        return (self.number - 1) * self.per_page + len(self.orders)
+
+
+def order_list_queryset(filters: OrderListFilters) -> QuerySet[Order]:
+    """Orders matching the filters, sorted; only the columns the list shows are loaded."""
+    qs = Order.objects.only(
+        "id", "number", "customer_name", "customer_email", "currency", "total", "status",
+        "saga_status", "current_step", "created_at", "last_event_at", "stuck_since",
+    )
+    if filters.status:
+        qs = qs.filter(status=filters.status)
+    saga_statuses = {s for s in (filters.saga_status,) if s}
+    if filters.stuck:
+        saga_statuses.add(SagaStatus.STUCK)
+    if filters.needs_followup:
+        saga_statuses.add(SagaStatus.NEEDS_FOLLOWUP)
+    if len(saga_statuses) == 1:
+        qs = qs.filter(saga_status=saga_statuses.pop())
+    elif saga_statuses:
+        qs = qs.filter(saga_status__in=saga_statuses)
+    if filters.step:
+        qs = qs.filter(current_step=filters.step)
+    if filters.date_from:
+        qs = qs.filter(created_at__gte=day_start(filters.date_from))
+    if filters.date_to:
+        qs = qs.filter(created_at__lt=day_start(filters.date_to + timedelta(days=1)))
+    q = filters.q.strip()
+    if q:
+        number = _ORDER_NUMBER.match(q)
+        if number:
+            # An order number is unique: an exact lookup, not a scan.
+            qs = qs.filter(number=f"SO-{int(number.group(1)):06d}")
+        elif _WHOLE_EMAIL.match(q):
+            # A whole address is an exact lookup on the (customer_email, created_at) index, as
+            # typed or lower-cased; anything partial falls through to the scan below.
+            qs = qs.filter(customer_email__in={q, q.lower()})
+        else:
+            qs = qs.filter(Q(customer_name__icontains=q) | Q(customer_email__icontains=q))
+    return qs.order_by(*LIST_SORTS.get(filters.sort, LIST_SORTS[DEFAULT_SORT]))
+
+
+def order_list(filters: OrderListFilters, *, page: int = 1, per_page: int = 50) -> OrderListPage:
+    """One page of the list: two queries (the rows, and a count capped at COUNT_CAP)."""
+    page = max(1, page)
+    qs = order_list_queryset(filters)
+    offset = (page - 1) * per_page
+    # One row more than the page tells whether there is a next page without counting.
+    rows = list(qs[offset : offset + per_page + 1])
+    has_next = len(rows) > per_page
+    rows = rows[:per_page]
+    if not has_next and (rows or page == 1):
+        # Everything that matches is on this page or before it: no count needed.
+        total = offset + len(rows)
+    else:
+        matched = qs.order_by()[: COUNT_CAP + 1].count()
+        total = matched if matched <= COUNT_CAP else None
+    return OrderListPage(orders=rows, number=page, per_page=per_page, has_next=has_next, total=total,
+                         count_cap=COUNT_CAP)
+
+
+def order_row_get(order_id: int) -> Order | None:
+    """One list row, for the live list."""
+    return order_list_queryset(OrderListFilters()).filter(pk=order_id).first()
+
+
+# --- operator actions -------------------------------------------------------------------
+
+# The order the buttons come in.
+ACTION_ORDER = ("retry", "compensate", "cancel", "resend", "resolved")
+
+
+@dataclass
+class OrderActions:
+    order: Order
+    # The actions this order's state allows and the user's permissions cover, in ACTION_ORDER.
+    actions: list[str]
+    # Whether this user could act on some order at all (viewers never see buttons).
+    may_act: bool
+
+
+def user_action_permissions(user) -> frozenset[str]:
+    """The operator-action permissions a user holds (what the buttons depend on)."""
+    if user is None or not user.is_authenticated:
+        return frozenset()
+    return frozenset(p for p in set(ACTION_PERMISSIONS.values()) if user.has_perm(p))
+
+
+def order_actions(order: Order, permissions: frozenset[str]) -> OrderActions:
+    """The operator actions this order's state allows and the permissions cover."""
+    actions = [
+        action for action in ACTION_ORDER
+        if ACTION_PERMISSIONS[action] in permissions and operator_action_check(order, action) is None
+    ]
+    return OrderActions(order=order, actions=actions, may_act=bool(permissions))
+
+
+def order_for_actions(order_id: int) -> Order | None:
+    return Order.objects.filter(pk=order_id).first()

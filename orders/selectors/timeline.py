@@ -1,0 +1,178 @@
+"""An order's saga as tracks: one per step, one per compensation (in the order they ran),
+and the events of the saga as a whole. Operator commands come with their record (who,
+why) through SagaEvent.operator_action.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ..models import Order, SagaEvent
+from ..saga.shared import StepName
+from ..status import TERMINAL_SAGA_STATUSES
+
+Kind = SagaEvent.Kind
+
+
+@dataclass
+class TimelineEvent:
+    id: int
+    step: str
+    kind: str
+    detail: str
+    attempt: int
+    created_at: datetime
+    # Who asked for it, for signals and ignored commands (from the command's record).
+    actor: str = ""
+    reason: str = ""
+
+    @property
+    def operator(self) -> bool:
+        return self.kind in (Kind.SIGNAL, Kind.IGNORED)
+
+
+@dataclass
+class StepTrack:
+    """One step (or one compensation) and what happened to it, in order.
+
+    state: pending, running, retrying, failed, stuck, succeeded, compensating,
+    compensated, followup, resolved or skipped.
+    """
+
+    step: str
+    number: int = 0
+    compensation: bool = False
+    state: str = "pending"
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    last_error: str = ""
+    events: list[TimelineEvent] = field(default_factory=list)
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    @property
+    def duration_ms(self) -> int | None:
+        duration = self.duration
+        return None if duration is None else int(duration.total_seconds() * 1000)
+
+
+@dataclass
+class SagaTimeline:
+    order: Order
+    steps: list[StepTrack]
+    # Compensations in the order they ran (the reverse of the steps they undo).
+    compensations: list[StepTrack]
+    # Saga-level events that belong to no step: finished, could not start.
+    saga_events: list[TimelineEvent]
+    event_count: int
+    last_event_id: int | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.order.saga_status in TERMINAL_SAGA_STATUSES
+
+    def step_track(self, step: str) -> StepTrack | None:
+        return next((track for track in self.steps if track.step == step), None)
+
+    def forward_track_of(self, event_id: int) -> StepTrack | None:
+        """The forward step whose track holds this event, or None (a compensation, a
+        saga-level event, or not loaded): the socket then re-renders the whole timeline."""
+        for track in self.steps:
+            if any(event.id == event_id for event in track.events):
+                return track
+        return None
+
+
+def saga_events_with_commands(order_id: int) -> list[SagaEvent]:
+    """The order's events in order, each with the command (and its sender) that caused it. One query."""
+    return list(
+        SagaEvent.objects.filter(order_id=order_id).select_related("operator_action__actor").order_by("id")
+    )
+
+
+def saga_timeline_build(order: Order, events: list[SagaEvent]) -> SagaTimeline:
+    """Fold the event log into one track per step plus a reverse track of compensations.
+
+    `events` come from saga_events_with_commands (their commands are read, not queried).
+    """
+    steps = {s.value: StepTrack(step=s.value, number=i) for i, s in enumerate(StepName, 1)}
+    compensations: dict[str, StepTrack] = {}
+    saga_events: list[TimelineEvent] = []
+
+    for event in events:
+        action = event.operator_action if event.operator_action_id else None
+        item = TimelineEvent(
+            id=event.pk, step=event.step, kind=event.kind, detail=event.detail, attempt=event.attempt,
+            created_at=event.created_at,
+            actor=(action.actor.get_username() if action and action.actor else ""),
+            reason=(action.reason if action else ""),
+        )
+        if event.step not in steps:
+            saga_events.append(item)
+            continue
+        undoing = event.kind in (Kind.COMPENSATING, Kind.COMPENSATED)
+        # A failure after the step's compensation began is the compensation failing.
+        if undoing or (event.kind == Kind.FAILED and event.step in compensations):
+            track = compensations.get(event.step)
+            if track is None:
+                track = compensations[event.step] = StepTrack(step=event.step, compensation=True)
+            _advance(track, event, item)
+        else:
+            _advance(steps[event.step], event, item)
+
+    for step, undo in compensations.items():
+        steps[step].state = "compensated" if undo.state == "succeeded" else "compensating"
+    for track in compensations.values():
+        if track.state == "succeeded":
+            track.state = "compensated"
+        elif track.state == "running":
+            track.state = "compensating"
+    if order.saga_status in TERMINAL_SAGA_STATUSES:
+        # Steps the saga never reached are "not run", not "not started yet".
+        for track in steps.values():
+            if track.state == "pending":
+                track.state = "skipped"
+    return SagaTimeline(
+        order=order,
+        steps=list(steps.values()),
+        compensations=list(compensations.values()),
+        saga_events=saga_events,
+        event_count=len(events),
+        last_event_id=events[-1].pk if events else None,
+    )
+
+
+def _advance(track: StepTrack, event: SagaEvent, item: TimelineEvent) -> None:
+    track.events.append(item)
+    kind = event.kind
+    if kind in (Kind.STARTED, Kind.RETRYING, Kind.COMPENSATING):
+        track.state = "retrying" if event.attempt > 1 else "running"
+        track.attempts = max(track.attempts, event.attempt)
+        track.started_at = track.started_at or event.created_at
+        track.finished_at = None
+    elif kind == Kind.FAILED:
+        track.state = "failed"
+        track.attempts = max(track.attempts, event.attempt)
+        track.last_error = event.detail
+    elif kind == Kind.STUCK:
+        track.state = "stuck"
+        track.last_error = event.detail
+    elif kind in (Kind.SUCCEEDED, Kind.COMPENSATED):
+        track.state = "succeeded"
+        track.attempts = max(track.attempts, event.attempt)
+        track.started_at = track.started_at or event.created_at
+        track.finished_at = event.created_at
+    elif kind == Kind.FOLLOWUP:
+        track.state = "followup"
+        track.last_error = event.detail
+    elif kind == Kind.SIGNAL and event.detail.startswith("resolved") and track.state == "followup":
+        track.state = "resolved"
+
+
+def saga_timeline(order: Order) -> SagaTimeline:
+    """The timeline of one order: its events and their commands in one query."""
+    return saga_timeline_build(order, saga_events_with_commands(order.pk))

@@ -1,0 +1,101 @@
+"""Commands staff send to a saga (retry, compensate, cancel, resend, resolve): the record
+of each, the Temporal signal that carries its id, and the saga's answer.
+
+Who may send which command is decided before this, by the staff side
+(ops.services.operator_action_request); here a command is checked against the order's
+state, recorded, and signalled. The workflow acts at most once per id and reports back
+through operator_action_outcome_record (from its bookkeeping activity), so the row ends up
+saying what really happened, and the saga event it caused points to it.
+"""
+
+import logging
+
+from django.db import transaction
+
+from ..locks import lock_order
+from ..models import FollowUp, OperatorAction, Order
+from ..saga.shared import CANCELLABLE_STEPS, OperatorCommand
+from ..status import TERMINAL_SAGA_STATUSES, SagaStatus
+from ..temporal_client import run_with_client
+
+logger = logging.getLogger(__name__)
+
+Action = OperatorAction.Action
+Outcome = OperatorAction.Outcome
+
+
+class ActionNotAllowed(Exception):
+    """The action does not fit the order's state; the message says why, for staff."""
+
+
+def operator_action_check(order: Order, action: str) -> str | None:
+    """Why `action` does not fit the order as the database shows it, or None if it does."""
+    if action in (Action.RETRY, Action.COMPENSATE):
+        if order.saga_status != SagaStatus.STUCK:
+            return f"Order {order.number} is not stuck (its saga is {order.get_saga_status_display()})."
+    elif action == Action.CANCEL:
+        if order.saga_status in TERMINAL_SAGA_STATUSES:
+            return f"Order {order.number} is already {order.get_saga_status_display()}."
+        if order.saga_status == SagaStatus.COMPENSATING:
+            return f"Order {order.number} is already being rolled back."
+        if order.current_step and order.current_step not in {s.value for s in CANCELLABLE_STEPS}:
+            return f"Order {order.number} can no longer be cancelled: shipping has been arranged."
+    elif action in (Action.RESEND, Action.RESOLVED):
+        if not order.followups.filter(state=FollowUp.State.OPEN).exists():
+            return f"Order {order.number} has no open follow-up."
+    else:
+        return f"Unknown action {action!r}."
+    return None
+
+
+def operator_action_send(*, order_id: int, action: str, actor, reason: str = "") -> OperatorAction:
+    """Check the command against the order, record it, then signal the saga. Returns the row.
+
+    The caller has checked the actor's permission. Raises Order.DoesNotExist or
+    ActionNotAllowed (nothing is written then). Must not run inside an outer transaction:
+    the saga has to see the row when the signal lands.
+    Locks: the order row, while checking and writing the record.
+    """
+    if action not in Action.values:
+        raise ActionNotAllowed(f"Unknown action {action!r}.")
+    with transaction.atomic():
+        order = lock_order(order_id)
+        why_not = operator_action_check(order, action)
+        if why_not:
+            raise ActionNotAllowed(why_not)
+        audit = OperatorAction.objects.create(order=order, action=action, actor=actor, reason=reason.strip()[:2000])
+    _signal(audit, order.workflow_id)
+    audit.refresh_from_db()
+    return audit
+
+
+def _signal(audit: OperatorAction, workflow_id: str) -> None:
+    command = OperatorCommand(action_id=audit.pk, reason=audit.reason)
+
+    async def send(client):
+        await client.get_workflow_handle(workflow_id).signal(audit.action, command)
+
+    try:
+        run_with_client(send, timeout=15)
+    except Exception as exc:
+        logger.warning("signal %s to %s failed: %s", audit.action, workflow_id, exc)
+        OperatorAction.objects.filter(pk=audit.pk).update(
+            outcome=Outcome.FAILED, outcome_detail=f"Could not reach the saga: {exc}"
+        )
+        return
+    # The saga may already have recorded applied/ignored: only move on from 'requested'.
+    OperatorAction.objects.filter(pk=audit.pk, outcome=Outcome.REQUESTED).update(outcome=Outcome.SENT)
+
+
+def operator_action_outcome_record(*, action_id: int, order_id: int, outcome: str, detail: str) -> bool:
+    """The saga's answer to a command: applied, or ignored because its state had moved on.
+
+    Returns whether the command is on record for this order (a signal sent by hand, with an
+    id of no row, is answered in the saga's events only). The caller's transaction holds
+    the order's row lock (saga_transition_record).
+    """
+    return bool(
+        OperatorAction.objects.filter(pk=action_id, order_id=order_id).update(
+            outcome=outcome, outcome_detail=detail[:2000]
+        )
+    )
