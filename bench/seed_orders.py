@@ -41,6 +41,7 @@ from django.utils import timezone  # noqa: E402
 from orders.models import FollowUp, Order, OrderLine, Product, SagaEvent, new_public_token  # noqa: E402
 from orders.services.catalog import product_create  # noqa: E402
 from orders.models import OperatorAction  # noqa: E402
+from orders.services.ordering import order_workflow_id  # noqa: E402
 from ops.roles import ROLES, staff_user_create  # noqa: E402
 
 PRODUCTS = 200
@@ -214,7 +215,7 @@ def seed(total: int, batch: int, seed_value: int) -> None:
             quantities = [rng.randint(1, 4) for _ in chosen]
             first, last = rng.choice(FIRST), rng.choice(LAST)
             order = Order(
-                pk=pk, number=f"SO-{pk:06d}", workflow_id=f"order-{pk}", public_token=new_public_token(),
+                pk=pk, number=f"SO-{pk:06d}", workflow_id=order_workflow_id(pk), public_token=new_public_token(),
                 customer_name=f"{first} {last}", customer_email=f"{first}.{last}.{pk}@example.com".lower(),
                 currency="EUR", total=sum((p.price * q for p, q in zip(chosen, quantities)), Decimal("0")),
                 status=status, saga_status=saga_status, created_at=created,

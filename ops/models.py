@@ -143,6 +143,11 @@ class Discrepancy(models.Model):
         SAGA_INCONSISTENT = "saga_inconsistent", "finished saga disagrees with its ledger"
         ORPHAN_WORKFLOW = "orphan_workflow", "open workflow without an open order"
         MISSING_WORKFLOW = "missing_workflow", "open order without a running workflow"
+        # Our ledger against the outside world's books (the gateway's, the carrier's), by key.
+        MONEY_AT_GATEWAY = "money_at_gateway", "money held at the gateway for an order that did not go through"
+        GATEWAY_UNRECORDED = "gateway_unrecorded", "charge or refund at the gateway that we never recorded"
+        GATEWAY_MISMATCH = "gateway_mismatch", "our ledger and the gateway disagree on a key"
+        PARCEL_NOT_CANCELLED = "parcel_not_cancelled", "parcels still booked for an order that did not go through"
 
     run = models.ForeignKey(ReconciliationRun, on_delete=models.CASCADE, related_name="discrepancies")
     kind = models.CharField(max_length=30, choices=Kind.choices)

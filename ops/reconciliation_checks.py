@@ -11,7 +11,12 @@ Checks (each a Discrepancy kind):
   moves of one kind for one order and product, a key derived from another order's workflow);
 - finished sagas: status, 'finished' event, events and ledger rows tell the same story;
 - Temporal: every running workflow on the saga queue belongs to an open order, and every
-  open order has a running workflow.
+  open order has a running workflow;
+- the outside world's books, through the adapters (charge, refund and shipment lookups by
+  key, in batches): money held at the gateway for a failed, rejected or cancelled order; a
+  charge or refund at the gateway we never recorded; a key whose kind, amount or reference
+  differs between our ledger and the gateway (or that the gateway never booked); parcels
+  still booked at the carrier for an order that did not go through.
 
 The database checks read one snapshot (REPEATABLE READ on Postgres), so a saga writing
 meanwhile cannot make the counters and the ledger look out of step. Aggregates are pushed
@@ -31,6 +36,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Concat
 
+from orders.adapters import payment_gateway, shipping_carrier
 from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
 from orders.status import (
     ORDER_STATUS_AFTER_SAGA,
@@ -48,7 +54,9 @@ Kind = Discrepancy.Kind
 
 COMPLETED_STATUSES = {OrderStatus.COMPLETED, OrderStatus.DELIVERED}
 UNDONE_STATUSES = {OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.REJECTED}
-WORKFLOW_ID = re.compile(r"^(order|delivery)-(\d+)$")
+# `order-<pk>-<random>` (and its tracker `delivery-<pk>-<random>`); orders placed before
+# the random part have `order-<pk>`.
+WORKFLOW_ID = re.compile(r"^(order|delivery)-(\d+)(?:-[A-Za-z0-9]+)?$")
 
 
 class TemporalCheckFailed(Exception):
@@ -299,6 +307,82 @@ def _check_workflows(found: Findings, running: dict[str, str], now: datetime) ->
     return checked
 
 
+# Orders compared with the outside world's books per round of lookups: 3,000 keys a batch,
+# so 100,000 orders take 100 lookups of each kind and never hold more than a batch in memory.
+OUTSIDE_BATCH = 1000
+
+
+def _check_outside_books(found: Findings, now: datetime) -> int:
+    """Our ledger against the gateway's and the carrier's books, key by key.
+
+    Keys derive from the order's workflow id (`<id>:charge`, `<id>:charge:compensate`,
+    `<id>:ship`), so the gateway is asked only about keys of ours, in batches. Orders that
+    moved within the grace period are skipped unless finished: a running saga's call may
+    have acted a moment before its row is written.
+    """
+    gateway, carrier = payment_gateway(), shipping_carrier()
+    settled = now - timedelta(seconds=settings.RECONCILIATION_GRACE_SECONDS)
+    due = (Q(saga_status__in=TERMINAL_SAGA_STATUSES) | Q(last_event_at__lt=settled)
+           | Q(last_event_at=None, created_at__lt=settled))
+    orders = Order.objects.exclude(workflow_id=None).filter(due).order_by("pk")
+    checked, last_pk = 0, 0
+    while True:
+        batch = list(orders.filter(pk__gt=last_pk)
+                     .values_list("pk", "number", "status", "currency", "workflow_id")[:OUTSIDE_BATCH])
+        if not batch:
+            return checked
+        _compare_batch(found, batch, gateway, carrier)
+        checked += len(batch)
+        last_pk = batch[-1][0]
+
+
+def _compare_batch(found: Findings, batch: list[tuple], gateway, carrier) -> None:
+    ledger: dict[int, dict[str, tuple]] = defaultdict(dict)
+    for order_id, key, kind, amount, currency, reference in (
+        Payment.objects.filter(order_id__in=[row[0] for row in batch]).order_by()
+        .values_list("order_id", "idempotency_key", "kind", "amount", "currency", "gateway_reference")
+    ):
+        ledger[order_id][key] = (kind, amount, currency, reference)
+    keys = {k for row in batch for k in (f"{row[4]}:charge", f"{row[4]}:charge:compensate")}
+    keys.update(k for rows in ledger.values() for k in rows)
+    books = gateway.payments_lookup(sorted(keys))
+    undone = [row for row in batch if row[2] in UNDONE_STATUSES]
+    parcels = carrier.shipments_lookup([f"{row[4]}:ship" for row in undone]) if undone else {}
+
+    for pk, number, status, currency, workflow_id in batch:
+        ours = ledger.get(pk, {})
+        keys_of_order = {f"{workflow_id}:charge", f"{workflow_id}:charge:compensate", *ours}
+        differ, unrecorded = [], []
+        net = Decimal(0)
+        for key in sorted(keys_of_order):
+            booked, row = books.get(key), ours.get(key)
+            if booked is not None:
+                net += booked.amount if booked.kind == Payment.Kind.CHARGE else -booked.amount
+            if row is None and booked is not None:
+                unrecorded.append(f"{booked.kind} of {booked.amount} {booked.currency} under {key} "
+                                  f"({booked.reference})")
+            elif row is not None and booked is None:
+                differ.append(f"our ledger has a {row[0]} of {row[1]} {row[2]} under {key}; the gateway has nothing")
+            elif row is not None and (row[0], row[1], row[2], row[3]) != (
+                booked.kind, booked.amount, booked.currency, booked.reference
+            ):
+                differ.append(f"{key} is a {row[0]} of {row[1]} {row[2]} ({row[3]}) in our ledger, but a "
+                              f"{booked.kind} of {booked.amount} {booked.currency} ({booked.reference}) at the gateway")
+        if unrecorded:
+            found.add(Kind.GATEWAY_UNRECORDED, f"{number}: the gateway booked what our ledger never recorded: "
+                      + "; ".join(unrecorded), order_id=pk)
+        if differ:
+            found.add(Kind.GATEWAY_MISMATCH, f"{number}: " + "; ".join(differ), order_id=pk)
+        if status in UNDONE_STATUSES and net != 0:
+            found.add(Kind.MONEY_AT_GATEWAY, f"{number} is {status}, but the gateway holds {net} {currency} "
+                      "(charged minus refunded under its keys)", order_id=pk)
+        booking = parcels.get(f"{workflow_id}:ship")
+        if status in UNDONE_STATUSES and booking is not None and booking.active:
+            found.add(Kind.PARCEL_NOT_CANCELLED, f"{number} is {status}, but the carrier still has parcel(s) "
+                      f"{', '.join(map(str, booking.active))} booked under {workflow_id}:ship",
+                      order_id=pk)
+
+
 @dataclass
 class CheckedCounts:
     products: int
@@ -318,6 +402,7 @@ def invariants_check(found: Findings, *, running: dict[str, str] | None, now: da
         orders = _check_money(found, payments)
         _check_keys(found)
         _check_finished_sagas(found, payments)
+        _check_outside_books(found, now)
         if running is not None:
             _check_workflows(found, running, now)
     return CheckedCounts(products=products, orders=orders, workflows=len(running) if running is not None else None)

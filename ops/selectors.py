@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from orders.circuit_breaker import BreakerState, breaker_states
 from orders.models import FollowUp, OperatorAction, Order, SagaEvent
-from orders.status import OrderStatus, SagaStatus, Step
+from orders.status import STUCK_SAGA_STATUSES, OrderStatus, SagaStatus, Step
 
 from .dates import day_start
 
@@ -53,7 +53,7 @@ def dashboard_counts() -> DashboardCounts:
         order_statuses=[StatusCount(v, label, by_status.get(v, 0)) for v, label in OrderStatus.choices],
         saga_statuses=[StatusCount(v, label, by_saga.get(v, 0)) for v, label in SagaStatus.choices],
         orders_total=sum(by_status.values()),
-        stuck_total=by_saga.get(SagaStatus.STUCK, 0),
+        stuck_total=sum(by_saga.get(s, 0) for s in STUCK_SAGA_STATUSES),
         followups_open=followups_open,
     )
 
@@ -105,7 +105,7 @@ def stuck_orders(*, step: str = "") -> QuerySet[Order]:
         .values("n")
     )
     orders = (
-        Order.objects.filter(saga_status=SagaStatus.STUCK)
+        Order.objects.filter(saga_status__in=STUCK_SAGA_STATUSES)
         .only(
             "id", "number", "customer_name", "customer_email", "current_step", "last_error", "stuck_since",
             "saga_status", "total", "currency",
@@ -121,7 +121,7 @@ def stuck_orders(*, step: str = "") -> QuerySet[Order]:
 def stuck_counts_by_step() -> list[StatusCount]:
     """How many sagas are stuck at each step (steps with none left out). One query."""
     counts = dict(
-        Order.objects.filter(saga_status=SagaStatus.STUCK).order_by().values_list("current_step").annotate(n=Count("id"))
+        Order.objects.filter(saga_status__in=STUCK_SAGA_STATUSES).order_by().values_list("current_step").annotate(n=Count("id"))
     )
     return [StatusCount(v, label, counts[v]) for v, label in Step.choices if counts.get(v)]
 

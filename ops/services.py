@@ -1,4 +1,4 @@
-"""Operator actions on sagas: retry, compensate, cancel, resend, resolve.
+"""Operator actions on sagas: retry, compensate, cancel, resend, resolve, retry compensation.
 
 Each is a permission check (here: who may do what is a staff concern), then the command
 itself (orders.services.commands: checked against the order's state, recorded, and
@@ -25,6 +25,7 @@ ACTION_PERMISSIONS = {
     Action.CANCEL: OPERATE_SAGAS,
     Action.RESEND: WORK_FOLLOWUPS,
     Action.RESOLVED: WORK_FOLLOWUPS,
+    Action.RETRY_COMPENSATION: OPERATE_SAGAS,
 }
 
 
@@ -49,6 +50,11 @@ def saga_retry(*, order_id: int, actor, reason: str = "") -> OperatorAction:
 
 def saga_compensate(*, order_id: int, actor, reason: str = "") -> OperatorAction:
     return operator_action_request(order_id=order_id, action=Action.COMPENSATE, actor=actor, reason=reason)
+
+
+def saga_retry_compensation(*, order_id: int, actor, reason: str = "") -> OperatorAction:
+    """Run the compensations that could not complete again (the saga is compensation_stuck)."""
+    return operator_action_request(order_id=order_id, action=Action.RETRY_COMPENSATION, actor=actor, reason=reason)
 
 
 def order_cancel(*, order_id: int, actor, reason: str = "") -> OperatorAction:

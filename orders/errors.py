@@ -51,8 +51,24 @@ class ShippingRejected(OrderError):
     """The carrier refused the shipment. Never retried: the saga compensates."""
 
 
+class RefundRefused(OrderError):
+    """The gateway refused the refund for good (the charge disputed, the card closed).
+    Never retried: the compensation cannot complete without staff."""
+
+
+class CancelRefused(OrderError):
+    """The carrier refused to cancel the shipment (already handed over). Never retried:
+    the compensation cannot complete without staff."""
+
+
 class NotificationFailed(OrderError):
     """The customer could not be notified. Retried a little, then a follow-up."""
+
+
+class InfrastructureUnavailable(OrderError):
+    """Our own database or Redis failed during a step. Never the customer's or the
+    gateway's fault: retried, and the saga runs the step again instead of going stuck
+    or opening a follow-up (orders.saga.activities classifies these)."""
 
 
 NON_RETRYABLE_ERRORS = [
@@ -61,6 +77,8 @@ NON_RETRYABLE_ERRORS = [
     InventoryFailure.__name__,
     PaymentDeclined.__name__,
     ShippingRejected.__name__,
+    RefundRefused.__name__,
+    CancelRefused.__name__,
 ]
 
 # Retryable errors that are not the step's failure: a saga whose step ends on one of these

@@ -16,16 +16,24 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-SERVICES = ("payment", "inventory", "shipping", "notify")
+SERVICES = ("payment", "refund", "inventory", "shipping", "shipping_cancel", "notify")
 
 # What each service can be told to do. "transient:N" fails N calls per idempotency key
 # then succeeds; "crash_after:N" (shipping) fails once after booking N parcels, to
-# exercise heartbeats. An outage of a whole service ("fail until cleared") is not per
-# order: it is the sandbox app's outage switch (sandbox.adapters.sandbox_outage_set).
+# exercise heartbeats. "lost_response:N" acts (books the charge or refund, the parcel or
+# the cancel) and then fails as unavailable, N calls per key: a real gateway whose answer
+# is lost after the effect. "refund" and "shipping_cancel" are the compensations: "fail"
+# refuses for good (RefundRefused, CancelRefused), "transient:N" times out N calls per key.
+# An outage of a whole service ("fail until cleared") is not per order: it is the sandbox
+# app's outage switch (sandbox.adapters.sandbox_outage_set).
 _ALLOWED = {
-    "payment": re.compile(r"^(decline|transient:\d+)$"),
+    "payment": re.compile(r"^(decline|transient:\d+|lost_response:\d+)$"),
+    # Compensations: a refund the gateway refuses (fail: until the plan changes) or times
+    # out N times, and a shipment cancel the carrier refuses.
+    "refund": re.compile(r"^(fail|transient:\d+)$"),
     "inventory": re.compile(r"^(fail)$"),
-    "shipping": re.compile(r"^(fail|transient:\d+|crash_after:\d+)$"),
+    "shipping": re.compile(r"^(fail|transient:\d+|crash_after:\d+|lost_response:\d+)$"),
+    "shipping_cancel": re.compile(r"^(fail|transient:\d+)$"),
     "notify": re.compile(r"^(fail|transient:\d+)$"),
 }
 
@@ -37,6 +45,18 @@ PRESETS = {
     "inventory_failure": ("Inventory confirmation fails", {"inventory": "fail"}),
     "shipping_failure": ("Carrier refuses shipment", {"shipping": "fail"}),
     "notify_failure": ("Customer notification fails (follow-up)", {"notify": "fail"}),
+    "charge_lost": ("Gateway charges but its answer is lost (found by lookup)", {"payment": "lost_response:1"}),
+    "charge_lost_then_failure": ("Gateway's answer lost, then inventory fails (the charge is refunded)",
+                                 {"payment": "lost_response:5", "inventory": "fail"}),
+    "refund_timeouts": ("Inventory fails, then the refund times out twice (refunded on retry)",
+                        {"inventory": "fail", "refund": "transient:2"}),
+    "refund_refused": ("Inventory fails, then the gateway refuses the refund (compensation stuck)",
+                       {"inventory": "fail", "refund": "fail"}),
+    "shipping_lost": ("Carrier books but its answer is lost (found by lookup)", {"shipping": "lost_response:1"}),
+    "cancel_refused": ("Carrier refuses the shipment, then refuses to cancel it (compensation stuck)",
+                       {"shipping": "fail", "shipping_cancel": "fail"}),
+    "refund_stuck": ("Inventory fails, then the refund times out (compensation stuck, retry works)",
+                     {"inventory": "fail", "refund": "transient:6"}),
 }
 
 
@@ -46,7 +66,7 @@ class FaultPlanInvalid(ValueError):
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # decline, outage, transient, crash_after, fail, or "" for none
+    kind: str  # decline, transient, crash_after, lost_response, fail, or "" for none
     count: int = 0
 
 

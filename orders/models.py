@@ -238,6 +238,7 @@ class OperatorAction(models.Model):
         CANCEL = "cancel"
         RESEND = "resend", "resend notification"
         RESOLVED = "resolved", "resolve follow-up"
+        RETRY_COMPENSATION = "retry_compensation", "retry compensation"
 
     class Outcome(models.TextChoices):
         REQUESTED = "requested"  # audit row written, signal not yet sent

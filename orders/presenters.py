@@ -35,10 +35,23 @@ class CustomerOrderStatus:
     confirmation_sent: bool
 
 
+def _money_after_failure(order: CustomerOrder) -> str:
+    """What became of the customer's money when the order did not go through. "Not charged"
+    only when the gateway agrees: a charge whose answer was lost is at the gateway even
+    though our ledger may not show it yet."""
+    if order.refunded:
+        return "We've refunded your payment in full."
+    if order.charged:
+        return "We're refunding your payment in full."
+    if order.gateway_confirms_no_charge:
+        return "You have not been charged."
+    return "If any payment was taken, we'll refund it in full."
+
+
 def customer_status_present(order: CustomerOrder) -> CustomerOrderStatus:
     """Say where the order is, as the customer would put it."""
     delivered = order.status == OrderStatus.DELIVERED
-    not_charged = "We've refunded your payment in full." if order.refunded else "You have not been charged."
+    not_charged = _money_after_failure(order)
     outcome = "in_progress"
     if order.status == OrderStatus.REJECTED:
         headline, message, outcome = "We couldn't accept your order", not_charged, "unsuccessful"

@@ -2,16 +2,18 @@
 
 from django.db import models
 
-from .saga.shared import STEP_LABELS, TERMINAL_SAGA_STATES, SagaState, StepName
+from .saga.shared import STEP_LABELS, STUCK_SAGA_STATES, TERMINAL_SAGA_STATES, SagaState, StepName
 
 # Built from the saga's own enums so the workflow (which cannot import Django) and the
 # database agree on every value.
 Step = models.TextChoices("Step", [(s.name, (s.value, STEP_LABELS[s])) for s in StepName])
+_SAGA_STATUS_LABELS = {SagaState.NEEDS_FOLLOWUP: "needs follow-up", SagaState.COMPENSATION_STUCK: "compensation stuck"}
 SagaStatus = models.TextChoices(
-    "SagaStatus",
-    [(s.name, (s.value, "needs follow-up" if s == SagaState.NEEDS_FOLLOWUP else s.value)) for s in SagaState],
+    "SagaStatus", [(s.name, (s.value, _SAGA_STATUS_LABELS.get(s, s.value))) for s in SagaState],
 )
 TERMINAL_SAGA_STATUSES = {s.value for s in TERMINAL_SAGA_STATES}
+# Waiting for an operator (retry/compensate, or retry compensation): the stuck queue's statuses.
+STUCK_SAGA_STATUSES = {s.value for s in STUCK_SAGA_STATES}
 
 
 class OrderStatus(models.TextChoices):

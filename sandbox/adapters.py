@@ -3,8 +3,11 @@
 They behave like the real thing where the saga cares: idempotent by key, slow when told
 (latency_ms), and failing on demand (the per-order plans of orders.faults): declines,
 transient errors N times per key, a whole-service outage until cleared, a crash midway
-through shipping. Settings point PAYMENT_GATEWAY, SHIPPING_CARRIER and CUSTOMER_NOTIFIER
-here only when SANDBOX_ENABLED is on.
+through shipping, an answer lost after the effect (lost_response), a refund or a cancel
+refused. Like Stripe or Adyen they can be asked what they did under a key (the lookups,
+read from their own books; the outage switch stops the calls that act, not the lookups).
+Settings point PAYMENT_GATEWAY, SHIPPING_CARRIER and CUSTOMER_NOTIFIER here only when
+SANDBOX_ENABLED is on.
 """
 
 import time
@@ -13,9 +16,23 @@ import uuid
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from orders.adapters.base import ChargeRequest, GatewayReceipt, Notification, RefundRequest
+from orders.adapters.base import (
+    CarrierBooking,
+    ChargeRequest,
+    GatewayReceipt,
+    GatewayRecord,
+    Notification,
+    RefundRequest,
+)
 from orders.adapters.email import EmailNotifier
-from orders.errors import GatewayUnavailable, NotificationFailed, PaymentDeclined, ShippingRejected
+from orders.errors import (
+    CancelRefused,
+    GatewayUnavailable,
+    NotificationFailed,
+    PaymentDeclined,
+    RefundRefused,
+    ShippingRejected,
+)
 from orders.faults import Fault, fault_for, latency_ms
 from orders.models import Order
 
@@ -54,15 +71,39 @@ def order_fault_plan(order_id: int) -> dict:
 
 def _simulate_conditions(service: str, key: str, plan: dict) -> Fault:
     """Apply latency and failures that hit any call; returns the fault left to the caller."""
+    _delay_or_outage(service, plan)
+    fault = fault_for(plan, service)
+    if fault.kind == "transient":
+        sandbox_fail_transiently(service, key, fault.count, GatewayUnavailable)
+    return fault
+
+
+def _delay_or_outage(service: str, plan: dict) -> None:
     delay = latency_ms(plan)
     if delay:
         time.sleep(delay / 1000)
     if SandboxOutage.objects.filter(service=service, active=True).exists():
         raise GatewayUnavailable(f"{service} service unavailable (sandbox outage)")
+
+
+def _undo_faults(service: str, key: str, plan: dict, refusal: type[Exception], message: str) -> None:
+    """Faults of an undo (refund, shipment cancel): "fail" refuses every call while the plan
+    says so; "transient:N" times out N calls per key, then works."""
     fault = fault_for(plan, service)
+    if fault.kind == "fail":
+        raise refusal(message)
     if fault.kind == "transient":
         sandbox_fail_transiently(service, key, fault.count, GatewayUnavailable)
-    return fault
+
+
+def _lose_answer(service: str, key: str, fault: Fault, what: str) -> None:
+    """lost_response:N: the effect is booked, then the caller hears a timeout, N calls per key."""
+    if fault.kind != "lost_response":
+        return
+    calls = sandbox_call_count(f"{service}-lost", key)
+    if calls <= fault.count:
+        raise GatewayUnavailable(f"{service} timed out after it {what} (sandbox fault: answer lost, "
+                                 f"call {calls} of {fault.count})")
 
 
 class SandboxPaymentGateway:
@@ -70,21 +111,67 @@ class SandboxPaymentGateway:
         fault = _simulate_conditions("payment", request.idempotency_key, order_fault_plan(request.order_id))
         if fault.kind == "decline":
             raise PaymentDeclined(f"card declined for {request.customer_email} (sandbox fault)")
-        return self._book(request.idempotency_key, "charge", request.amount, request.currency)
+        receipt = self._book(request.idempotency_key, "charge", request.amount, request.currency)
+        _lose_answer("payment", request.idempotency_key, fault, "booked the charge")
+        return receipt
 
     def refund(self, request: RefundRequest) -> GatewayReceipt:
         plan = order_fault_plan(request.order_id)
-        # A declining card must not make refunds fail too: only outages apply here.
-        _simulate_conditions("payment", request.idempotency_key, {k: v for k, v in plan.items() if k != "payment"})
-        return self._book(request.idempotency_key, "refund", request.amount, request.currency)
+        # A declining card or a flaky charge must not make refunds fail too: the payment
+        # fault applies only when it loses answers; refunds have faults of their own.
+        _delay_or_outage("payment", plan)
+        _undo_faults("refund", request.idempotency_key, plan, RefundRefused,
+                     "gateway refused the refund: the charge is disputed (sandbox fault)")
+        existing = SandboxPaymentRecord.objects.filter(idempotency_key=request.idempotency_key).first()
+        if existing is None:
+            self._refundable_check(request)
+        receipt = self._book(request.idempotency_key, "refund", request.amount, request.currency,
+                             charge_reference=request.charge_reference)
+        _lose_answer("payment", request.idempotency_key, fault_for(plan, "payment"), "booked the refund")
+        return receipt
 
     @staticmethod
-    def _book(key: str, kind: str, amount, currency: str) -> GatewayReceipt:
+    def _refundable_check(request: RefundRequest) -> None:
+        """As a real gateway: no refund of a charge it does not know, nor beyond what it took."""
+        charge = SandboxPaymentRecord.objects.filter(reference=request.charge_reference, kind="charge").first()
+        if charge is None:
+            raise RefundRefused(f"gateway knows no charge {request.charge_reference!r} to refund (sandbox)")
+        refunded = sum(SandboxPaymentRecord.objects.filter(kind="refund", charge_reference=charge.reference)
+                       .values_list("amount", flat=True))
+        if refunded + request.amount > charge.amount:
+            raise RefundRefused(f"refund of {request.amount} exceeds what is left of charge {charge.reference} "
+                                f"({charge.amount - refunded}) (sandbox)")
+
+    def charge_lookup(self, idempotency_key: str) -> GatewayRecord | None:
+        return self._lookup(idempotency_key, "charge")
+
+    def refund_lookup(self, idempotency_key: str) -> GatewayRecord | None:
+        return self._lookup(idempotency_key, "refund")
+
+    def payments_lookup(self, idempotency_keys: list[str]) -> dict[str, GatewayRecord]:
+        return {
+            record.idempotency_key: _gateway_record(record)
+            for record in SandboxPaymentRecord.objects.filter(idempotency_key__in=list(idempotency_keys))
+        }
+
+    @staticmethod
+    def _lookup(key: str, kind: str) -> GatewayRecord | None:
+        record = SandboxPaymentRecord.objects.filter(idempotency_key=key, kind=kind).first()
+        return _gateway_record(record) if record else None
+
+    @staticmethod
+    def _book(key: str, kind: str, amount, currency: str, charge_reference: str = "") -> GatewayReceipt:
         record, _ = SandboxPaymentRecord.objects.get_or_create(
             idempotency_key=key,
-            defaults={"kind": kind, "amount": amount, "currency": currency, "reference": f"sbx_{uuid.uuid4().hex[:20]}"},
+            defaults={"kind": kind, "amount": amount, "currency": currency, "charge_reference": charge_reference,
+                      "reference": f"sbx_{uuid.uuid4().hex[:20]}"},
         )
         return GatewayReceipt(reference=record.reference)
+
+
+def _gateway_record(record: SandboxPaymentRecord) -> GatewayRecord:
+    return GatewayRecord(idempotency_key=record.idempotency_key, kind=record.kind, reference=record.reference,
+                         amount=record.amount, currency=record.currency)
 
 
 class SandboxCarrier:
@@ -100,11 +187,32 @@ class SandboxCarrier:
         # Every booking call is counted, so tests can prove a parcel is never booked twice.
         sandbox_call_count("carrier-book", f"{shipment_key}#{parcel_number}")
         parcel, _ = SandboxParcel.objects.get_or_create(shipment_key=shipment_key, parcel_number=parcel_number)
+        _lose_answer("shipping", shipment_key, fault, f"booked parcel {parcel_number}")
         return f"{shipment_key}#{parcel.parcel_number}"
 
     def cancel(self, *, order_id: int, shipment_key: str) -> None:
-        _simulate_conditions("shipping", shipment_key + ":cancel", {})
+        plan = order_fault_plan(order_id)
+        _delay_or_outage("shipping", plan)
+        _undo_faults("shipping_cancel", shipment_key + ":cancel", plan, CancelRefused,
+                     "carrier refused to cancel the shipment: already handed over (sandbox fault)")
         SandboxParcel.objects.filter(shipment_key=shipment_key).update(cancelled=True)
+        _lose_answer("shipping", shipment_key + ":cancel", fault_for(plan, "shipping"), "cancelled the parcels")
+
+    def shipment_lookup(self, shipment_key: str) -> CarrierBooking | None:
+        return self.shipments_lookup([shipment_key]).get(shipment_key)
+
+    def shipments_lookup(self, shipment_keys: list[str]) -> dict[str, CarrierBooking]:
+        parcels: dict[str, list[tuple[int, bool]]] = {}
+        for key, number, cancelled in (
+            SandboxParcel.objects.filter(shipment_key__in=list(shipment_keys)).order_by("shipment_key", "parcel_number")
+            .values_list("shipment_key", "parcel_number", "cancelled")
+        ):
+            parcels.setdefault(key, []).append((number, cancelled))
+        return {
+            key: CarrierBooking(shipment_key=key, parcels=tuple(n for n, _ in booked),
+                                cancelled=tuple(n for n, c in booked if c))
+            for key, booked in parcels.items()
+        }
 
     def is_delivered(self, *, order_id: int, shipment_key: str) -> bool:
         # The sandbox carrier never reports delivery by itself: staff or a webhook do.

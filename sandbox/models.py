@@ -41,6 +41,8 @@ class SandboxPaymentRecord(models.Model):
     amount = models.DecimalField(max_digits=12, decimal_places=2)
     currency = models.CharField(max_length=3)
     reference = models.CharField(max_length=100, unique=True)
+    # A refund's charge, so the gateway refuses refunds beyond what a charge took.
+    charge_reference = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
 

@@ -91,12 +91,13 @@ async def end_open_workflows(client) -> None:
     from temporalio.service import RPCError
 
     from orders.models import Order
+    from orders.saga.shared import delivery_workflow_id
 
     workflow_ids = await sync_to_async(
         lambda: list(Order.objects.exclude(workflow_id=None).values_list("workflow_id", flat=True))
     )()
     for workflow_id in workflow_ids:
-        for wid in (workflow_id, workflow_id.replace("order-", "delivery-")):
+        for wid in (workflow_id, delivery_workflow_id(workflow_id)):
             try:
                 handle = client.get_workflow_handle(wid)
                 if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:

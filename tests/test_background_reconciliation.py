@@ -147,6 +147,12 @@ async def test_each_kind_of_planted_discrepancy_is_found(temporal_server, settin
         (Kind.MONEY_MISMATCH, charged_twice.pk, None, ""),
         (Kind.SAGA_INCONSISTENT, charged_twice.pk, None, ""),
         (Kind.DUPLICATE_EFFECT, borrowed_key.pk, None, ""),
+        # Our ledger against the gateway's books: an amount and keys the gateway never
+        # booked, and the borrowed key's real charge, which our ledger no longer records.
+        (Kind.GATEWAY_MISMATCH, short_paid.pk, None, ""),
+        (Kind.GATEWAY_MISMATCH, charged_twice.pk, None, ""),
+        (Kind.GATEWAY_MISMATCH, borrowed_key.pk, None, ""),
+        (Kind.GATEWAY_UNRECORDED, borrowed_key.pk, None, ""),
         (Kind.SAGA_INCONSISTENT, unfinished_log.pk, None, ""),
         (Kind.ORPHAN_WORKFLOW, None, None, orphan_id),
         (Kind.MISSING_WORKFLOW, no_workflow.pk, None, no_workflow.workflow_id),

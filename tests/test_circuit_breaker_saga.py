@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from orders.circuit_breaker import OPEN, breaker_for
+from orders.circuit_breaker import breaker_for
 from orders.models import SagaEvent
 from orders.status import OrderStatus, SagaStatus
 

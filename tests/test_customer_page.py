@@ -70,7 +70,7 @@ def test_no_staff_only_data_on_the_page(client):
                         current_step="charge", last_error="GatewayUnavailable: sandbox outage trace",
                         fault_plan={"payment": "transient:3"})
     Payment.objects.create(order=order, kind="charge", amount=Decimal(10), currency="EUR",
-                           idempotency_key=f"order-{order.pk}:charge", gateway_reference="pay-secret-1")
+                           idempotency_key=f"{order.workflow_id}:charge", gateway_reference="pay-secret-1")
     html = page(client, order)
     for secret in ("GatewayUnavailable", "sandbox", "transient", "staff-only", "pay-secret-1", "stuck",
                    f"order-{order.pk}", f"saga-{order.pk}", f"/orders/{order.pk}/", "ada@example.com"):

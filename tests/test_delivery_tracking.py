@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 from orders.models import SagaEvent, Shipment
 from orders.saga.activities import check_delivery, mark_delivered
 from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
-from orders.saga.shared import DeliveredSignal, DeliveryInput
+from orders.saga.shared import DeliveredSignal, DeliveryInput, delivery_workflow_id
 from orders.saga.worker import workflow_runner
 from orders.status import OrderStatus
 
@@ -30,7 +30,7 @@ TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 async def test_completed_saga_starts_a_tracker(saga_env):
     order = await sync_to_async(make_order)()
     assert await saga_env.result(order) == "completed"
-    tracker = saga_env.client.get_workflow_handle(f"delivery-{order.pk}")
+    tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(order.workflow_id))
     assert (await tracker.describe()).status == WorkflowExecutionStatus.RUNNING
     await tracker.signal(DeliveryTrackingWorkflow.delivered, DeliveredSignal(source="staff"))
     assert await tracker.result() == "delivered"
@@ -42,7 +42,7 @@ async def test_tracker_continues_as_new_then_completes_on_delivered(saga_env):
     # and a new one is run on the time-skipping server, where six-hour waits take no time.
     order = await sync_to_async(make_order)()
     assert await saga_env.result(order) == "completed"
-    await saga_env.client.get_workflow_handle(f"delivery-{order.pk}").terminate("replaced by the test's tracker")
+    await saga_env.client.get_workflow_handle(delivery_workflow_id(order.workflow_id)).terminate("replaced by the test's tracker")
 
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(TEST_SERVER))
     try:
@@ -55,7 +55,7 @@ async def test_tracker_continues_as_new_then_completes_on_delivered(saga_env):
             handle = await env.client.start_workflow(
                 DeliveryTrackingWorkflow.run,
                 DeliveryInput(order_id=order.pk, check_interval_seconds=6 * 3600, checks_per_run=3),
-                id=f"delivery-{order.pk}", task_queue=queue,
+                id=delivery_workflow_id(order.workflow_id), task_queue=queue,
             )
             first_run = handle.result_run_id
             await env.sleep(timedelta(hours=6 * 7 + 1))  # seven carrier checks: two continue-as-new

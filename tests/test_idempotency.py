@@ -56,7 +56,7 @@ async def test_retried_charge_and_reserve_move_money_and_stock_once(saga_env):
 
     charges = await sync_to_async(lambda: list(Payment.objects.filter(order=order).values_list("kind", flat=True)))()
     assert charges == ["charge"]
-    gateway = await sync_to_async(SandboxPaymentRecord.objects.filter(idempotency_key=f"order-{order.pk}:charge").count)()
+    gateway = await sync_to_async(SandboxPaymentRecord.objects.filter(idempotency_key=f"{order.workflow_id}:charge").count)()
     assert gateway == 1
     reserves = await sync_to_async(StockMovement.objects.filter(order=order, kind="reserve").count)()
     assert reserves == 1

@@ -300,7 +300,7 @@ def test_detail_shows_ledger_timeline_compensation_and_temporal_link(client_as, 
         ("", "finished", "Warehouse system rejected the stock confirmation"),
     ])
     html = client_as("viewer").get(reverse("orders:detail", args=[order.pk])).content.decode()
-    assert f'href="http://temporal.example:8233/namespaces/shop/workflows/order-{order.pk}"' in html
+    assert f'href="http://temporal.example:8233/namespaces/shop/workflows/{order.workflow_id}"' in html
     assert "pay-1" in html and "ref-1" in html and "net 0.00 EUR" in html
     assert "Released" in html or "released" in html
     # Compensations are their own track, in the order they ran.

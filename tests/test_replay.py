@@ -3,20 +3,23 @@
 tests/histories/<version>/ holds histories recorded from earlier versions of the saga;
 every one must replay against the current code. A change that alters commands goes
 behind workflow.patched(...) until no running saga can still be on the old path.
-To add the current version's histories: RECORD_HISTORIES=tests/histories/v2 make test.
+To add the current version's histories: RECORD_HISTORIES=tests/histories/v3 make test.
+v3 (issue 7) adds a cancel from Temporal and a compensation stuck then retried.
 """
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
-from temporalio.client import WorkflowHistory
+from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.worker import Replayer
 
 from sandbox.adapters import sandbox_outage_set
+from orders.models import Order
 from orders.status import SagaStatus
-from ops.services import followup_resend, order_cancel, saga_retry
+from ops.services import followup_resend, order_cancel, saga_retry, saga_retry_compensation
 
 from .conftest import order_state, wait_for
 from .factories import make_order
@@ -36,13 +39,15 @@ def recorded_histories() -> list[Path]:
 
 @pytest.mark.parametrize("path", recorded_histories(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 async def test_recorded_history_replays(path: Path):
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    # Files are named <path>-<workflow id>: the id matters (the tracker's id derives from it).
+    history = WorkflowHistory.from_json(path.stem.split("-", 1)[1], path.read_text())
     await replayer().replay_workflow(history)
 
 
 def test_histories_were_recorded_for_every_path():
     names = {p.stem.split("-")[0] for p in recorded_histories()}
-    assert {"completed", "compensated", "stuck_retry", "followup_resend", "cancelled"} <= names
+    assert {"completed", "compensated", "stuck_retry", "followup_resend", "cancelled",
+            "temporal_cancelled", "compensation_stuck_retry"} <= names
 
 
 @pytest.mark.django_db(transaction=True)
@@ -53,9 +58,19 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
         "compensated": await sync_to_async(make_order)(fault_plan={"inventory": "fail"}),
         "followup_resend": await sync_to_async(make_order)(fault_plan={"notify": "transient:3"}),
         "cancelled": await sync_to_async(make_order)(fault_plan={"latency_ms": 1500}),
+        "temporal_cancelled": await sync_to_async(make_order)(fault_plan={"latency_ms": 1500}),
+        "compensation_stuck_retry": await sync_to_async(make_order)(fault_plan={"shipping": "fail",
+                                                                                "shipping_cancel": "fail"}),
     }
     await wait_for(lambda: order_state(sagas["cancelled"].pk).current_step == "charge", message="charging")
     await sync_to_async(order_cancel)(order_id=sagas["cancelled"].pk, actor=operator_user)
+    await wait_for(lambda: order_state(sagas["temporal_cancelled"].pk).current_step == "charge", message="charging")
+    await saga_env.handle(sagas["temporal_cancelled"]).cancel()
+    stuck_undo = sagas["compensation_stuck_retry"]
+    await wait_for(lambda: order_state(stuck_undo.pk).saga_status == SagaStatus.COMPENSATION_STUCK,
+                   message="compensation stuck")
+    await sync_to_async(Order.objects.filter(pk=stuck_undo.pk).update)(fault_plan={"shipping": "fail"})
+    await sync_to_async(saga_retry_compensation)(order_id=stuck_undo.pk, actor=operator_user)
     await wait_for(lambda: order_state(sagas["followup_resend"].pk).saga_status == SagaStatus.NEEDS_FOLLOWUP,
                    message="follow-up")
     await sync_to_async(followup_resend)(order_id=sagas["followup_resend"].pk, actor=operator_user)
@@ -68,7 +83,11 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
 
     record_to = os.environ.get("RECORD_HISTORIES")
     for name, order in sagas.items():
-        await saga_env.result(order)
+        if name == "temporal_cancelled":
+            with pytest.raises(WorkflowFailureError):
+                await asyncio.wait_for(saga_env.handle(order).result(), 60)
+        else:
+            await saga_env.result(order)
         history = await saga_env.handle(order).fetch_history()
         await replayer().replay_workflow(history)
         if record_to:

@@ -42,6 +42,8 @@ ACTION_COPY = {
                "Resend the notification for {number} to {email}?"),
     "resolved": ("Mark follow-up resolved", "closes the follow-up: staff reached the customer another way",
                  "Mark the follow-up of {number} as resolved? The saga finishes without notifying again."),
+    "retry_compensation": ("Retry compensation", "runs the compensations that could not complete again",
+                           "Retry the stuck compensation of {number}? The saga runs the undo that failed again."),
 }
 DANGEROUS_ACTIONS = frozenset({"compensate", "cancel"})
 
@@ -92,6 +94,7 @@ SUCCESS_MESSAGES = {
     "cancel": "Cancellation sent to the saga of {number}: it stops and undoes what it did.",
     "resend": "Resend sent to the saga of {number}: the customer is being notified again.",
     "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
+    "retry_compensation": "Retry sent to the saga of {number}: the compensation that failed runs again.",
 }
 
 

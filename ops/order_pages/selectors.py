@@ -11,7 +11,7 @@ from django.db.models import Q, QuerySet
 
 from orders.models import Order
 from orders.services.commands import operator_action_check
-from orders.status import SagaStatus
+from orders.status import STUCK_SAGA_STATUSES, SagaStatus
 
 from ..dates import day_start
 from ..services import ACTION_PERMISSIONS
@@ -81,7 +81,7 @@ def order_list_queryset(filters: OrderListFilters) -> QuerySet[Order]:
         qs = qs.filter(status=filters.status)
     saga_statuses = {s for s in (filters.saga_status,) if s}
     if filters.stuck:
-        saga_statuses.add(SagaStatus.STUCK)
+        saga_statuses.update(STUCK_SAGA_STATUSES)
     if filters.needs_followup:
         saga_statuses.add(SagaStatus.NEEDS_FOLLOWUP)
     if len(saga_statuses) == 1:
@@ -136,7 +136,7 @@ def order_row_get(order_id: int) -> Order | None:
 # --- operator actions -------------------------------------------------------------------
 
 # The order the buttons come in.
-ACTION_ORDER = ("retry", "compensate", "cancel", "resend", "resolved")
+ACTION_ORDER = ("retry", "retry_compensation", "compensate", "cancel", "resend", "resolved")
 
 
 @dataclass

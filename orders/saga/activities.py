@@ -4,18 +4,29 @@ Activities are synchronous (the ORM is) and run in the worker's thread pool; sta
 database connections are closed around each, as a request would.
 Each step records 'started' (or 'retrying') before it acts and 'failed' when it raises;
 the service records 'succeeded' in the same transaction as its effect.
+
+Steps that call out (charge, ship, notify) heartbeat from a background thread while the
+call runs, so a killed worker is noticed within the heartbeat timeout. Cancellation is
+cooperative: a step checks before it acts and otherwise finishes what it started (its
+effect is then known to the compensation) before reporting the cancel.
+Errors of our own infrastructure (database, Redis) are raised as InfrastructureUnavailable
+and never recorded as the step's failure: the saga runs the step again.
 """
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from redis.exceptions import RedisError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
 from ..circuit_breaker import breaker_for
 from ..crashpoints import crash_point
-from ..errors import NON_RETRYABLE_ERRORS, OrderError, ServiceCircuitOpen
+from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
 
 from ..services import inventory, notifications, ordering, payments, shipping
 from ..services.outages import saga_step_waiting
@@ -46,22 +57,82 @@ def _activity(name: str, *, queue: dict[str, Callable]) -> Callable[[Callable], 
     return register
 
 
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, RedisError)
+
+
+def _infrastructure_error(exc: BaseException) -> BaseException | None:
+    """The database or Redis error behind `exc` (itself or a cause), if there is one."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, INFRASTRUCTURE_ERRORS):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+class _Heartbeat:
+    """Heartbeats every `interval` from a background thread while the step's call runs,
+    repeating the latest details (shipping's last booked parcel), so they are never lost."""
+
+    def __init__(self) -> None:
+        self.details: tuple = ()
+        self._stop = threading.Event()
+
+    def update(self, *details) -> None:
+        self.details = details
+        activity.heartbeat(*details)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                activity.heartbeat(*self.details)
+            except Exception:  # the activity is finishing; nothing left to keep alive
+                return
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["_Heartbeat"]:
+        timeout = activity.info().heartbeat_timeout
+        interval = timeout.total_seconds() / 4 if timeout else 5.0
+        # The thread needs the activity's context to reach its heartbeat function.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, interval),
+                                  name="activity-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=5)
+
+
 def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool = False, started_detail: str = "",
-              own_database_only: bool = False) -> StepResult:
+              own_database_only: bool = False, heartbeat: _Heartbeat | None = None) -> StepResult:
     """Run a step's service between its 'started' and 'failed' events.
 
     A step that only touches our own database (`own_database_only`) takes milliseconds:
     its 'started' event commits together with its effect, saving a commit per step. A
     step that calls out (gateway, carrier, mail) commits 'started' first, so staff see it
-    running while it waits.
+    running while it waits, and heartbeats (`heartbeat`) meanwhile.
     """
+    close_old_connections()
+    try:
+        with heartbeat.running() if heartbeat else contextlib.nullcontext(), \
+                activity.shield_thread_cancel_exception():
+            if activity.is_cancelled():
+                raise CancelledError("cancelled before it acted")
+            return _record_step(inp, body, compensation=compensation, started_detail=started_detail,
+                                own_database_only=own_database_only)
+    finally:
+        close_old_connections()
+
+
+def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bool, started_detail: str,
+                 own_database_only: bool) -> StepResult:
     attempt = activity.info().attempt
 
     def started():
         saga_step_started(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
                           compensation=compensation, detail=started_detail)
 
-    close_old_connections()
     try:
         if own_database_only:
             with transaction.atomic():
@@ -69,7 +140,21 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
                 return StepResult(detail=body(attempt))
         started()
         return StepResult(detail=_waiting_out_open_circuits(inp, body, attempt=attempt, compensation=compensation))
+    except CancelledError:
+        raise
     except Exception as exc:
+        if isinstance(exc, ApplicationError) and exc.type == ServiceCircuitOpen.__name__:
+            raise  # recorded as 'waiting' (_waiting_out_open_circuits), not as a failed attempt
+        infrastructure = _infrastructure_error(exc)
+        if infrastructure is not None:
+            # Our database or Redis, not the customer, the gateway or the mail: nothing is
+            # recorded against the step (the database may well be what is down).
+            activity.logger.warning("step %s of order %s: our infrastructure failed: %s",
+                                    inp.step.value, inp.order_id, infrastructure)
+            raise ApplicationError(
+                f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})".strip(),
+                type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,
+            ) from exc
         if own_database_only:
             started()  # it rolled back with the effect
         saga_step_failed(order_id=inp.order_id, step=inp.step.value, attempt=attempt,
@@ -82,8 +167,6 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc
         raise
-    finally:
-        close_old_connections()
 
 
 def _waiting_out_open_circuits(inp: StepInput, body: Callable[[int], str], *, attempt: int,
@@ -151,7 +234,7 @@ def release_reservation(inp: StepInput) -> StepResult:
 @_activity("charge_payment", queue=PAYMENTS_QUEUE_ACTIVITIES)
 def charge_payment(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: payments.payment_charge(
-        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt))
+        order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), heartbeat=_Heartbeat())
 
 
 @_activity("refund_payment", queue=PAYMENTS_QUEUE_ACTIVITIES)
@@ -181,9 +264,12 @@ def arrange_shipping(inp: StepInput) -> StepResult:
     details = activity.info().heartbeat_details
     resume_after = int(details[0]) if details else 0
     started = f"resuming after parcel {resume_after}" if resume_after else ""
+    beat = _Heartbeat()
+    if resume_after:
+        beat.details = (resume_after,)  # background beats keep the resume point until a new parcel is booked
     return _recorded(inp, lambda attempt: shipping.shipment_arrange(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt,
-        resume_after=resume_after, on_parcel_booked=activity.heartbeat), started_detail=started)
+        resume_after=resume_after, on_parcel_booked=beat.update), started_detail=started, heartbeat=beat)
 
 
 @_activity("cancel_shipment", queue=ORDERS_QUEUE_ACTIVITIES)
@@ -194,7 +280,8 @@ def cancel_shipment(inp: StepInput) -> StepResult:
 
 @_activity("notify_customer", queue=ORDERS_QUEUE_ACTIVITIES)
 def notify_customer(inp: StepInput) -> StepResult:
-    return _recorded(inp, lambda attempt: notifications.customer_notify(order_id=inp.order_id, attempt=attempt))
+    return _recorded(inp, lambda attempt: notifications.customer_notify(order_id=inp.order_id, attempt=attempt),
+                     heartbeat=_Heartbeat())
 
 
 # --- bookkeeping (local activities) -------------------------------------------------

@@ -13,24 +13,27 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType, is_cancelled_exception
 
 # Workflow code, so not passed through: the sandbox imports it afresh, as it does this module.
 from .delivery_tracker import DeliveryTrackingWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from ..errors import NON_RETRYABLE_ERRORS
+    from ..errors import NON_RETRYABLE_ERRORS, NOT_COUNTED_TOWARD_STUCK, InfrastructureUnavailable
     from . import activities
     from . import search_attributes as sa
     from .policies import (
         BOOKKEEPING_TIMEOUT,
         COMPENSATION_TIMEOUT,
+        LOST_ATTEMPT_RERUNS,
         STEP_POLICIES,
         bookkeeping_retry_policy,
         compensation_retry_policy,
+        lost_attempt_pause,
         step_retry_policy,
     )
     from .shared import (
+        COMPENSATION_LABELS,
         DeliveryInput,
         EventKind,
         OperatorCommand,
@@ -40,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         SagaTransition,
         StepInput,
         StepName,
+        delivery_workflow_id,
     )
 
 Cmd = OperatorCommandName
@@ -47,6 +51,23 @@ Cmd = OperatorCommandName
 # Patches (workflow.patched ids). Histories of sagas started before a patch replay its
 # old branch; remove the old branch only once no such saga can still be running.
 PATCH_TRACKER_WITH_NOTIFY = "tracker-starts-with-notify"
+# v3 (issue 7). Each is asked where its behaviour begins, so a saga running from before
+# the deploy takes the new path from the next such point on.
+# Charge, ship and notify are scheduled with a short heartbeat timeout (policies.HEARTBEAT_TIMEOUT).
+PATCH_STEP_HEARTBEATS = "step-heartbeats"
+# A step whose last attempt was lost to a worker crash (a timeout) or to our own
+# infrastructure runs again (with a 'retrying' event) instead of going stuck or to follow-up.
+PATCH_LOST_ATTEMPTS = "lost-attempts-rerun"
+# One cancellation rule, from the app (cancel signal) and from Temporal (workflow cancel),
+# at every step: before shipping compensate what was done, the step in flight included;
+# after shipping finish without rollback. A staff cancel accepted during a step wins over
+# a later stuck or retry.
+PATCH_CANCEL_RULE = "one-cancellation-rule"
+# Compensations retry a bounded number of times; one that cannot complete leaves the
+# saga compensation_stuck (the others still run) until an operator's retry_compensation.
+PATCH_BOUNDED_COMPENSATIONS = "bounded-compensations"
+# The delivery tracker's id derives from the saga's workflow id (with its random part).
+PATCH_TRACKER_ID = "tracker-id-from-saga-id"
 
 FORWARD_STEPS = [StepName.VALIDATE, StepName.RESERVE, StepName.CHARGE, StepName.CONFIRM, StepName.SHIP]
 STEP_ACTIVITIES = {
@@ -65,6 +86,9 @@ COMPENSATIONS = {
 }
 # Payments go to their own task queue, whose workers bound how many run at once.
 PAYMENT_STEPS = {StepName.CHARGE}
+
+WORKFLOW_CANCELLED = "Workflow cancelled"
+CANCELLED_BY_STAFF = "Cancelled by staff"
 
 
 class StepFailed(Exception):
@@ -101,6 +125,35 @@ def _is_non_retryable(err: Exception) -> bool:
     return isinstance(cause, ApplicationError) and (cause.non_retryable or cause.type in NON_RETRYABLE_ERRORS)
 
 
+def _lost_attempt(err: Exception) -> str | None:
+    """Why the step's last attempt was lost rather than failed: "worker" (it timed out: the
+    worker died or hung), "infrastructure" (our database or Redis), "circuit" (the service's
+    circuit breaker is open: the saga waits for its probe), or None (a real failure)."""
+    cause = _cause(err)
+    if isinstance(cause, TimeoutError) and cause.type in (TimeoutType.HEARTBEAT, TimeoutType.START_TO_CLOSE):
+        return "worker"
+    if isinstance(cause, ApplicationError):
+        if cause.type == InfrastructureUnavailable.__name__:
+            return "infrastructure"
+        if cause.type in NOT_COUNTED_TOWARD_STUCK:
+            return "circuit"
+    return None
+
+
+def _rerun_allowed(lost: str | None, reruns: int) -> bool:
+    """Only lost workers are bounded: an outage of ours or an open circuit is waited out."""
+    return bool(lost) and (lost != "worker" or reruns < LOST_ATTEMPT_RERUNS)
+
+
+def _circuit_wait(err: Exception) -> timedelta | None:
+    """The seconds until an open circuit's probe, as the activity reported them."""
+    cause = _cause(err)
+    details = getattr(cause, "details", None) or ()
+    if details and isinstance(details[0], (int, float)):
+        return timedelta(seconds=max(float(details[0]), 0.2))
+    return None
+
+
 async def _shielded(coro):
     """Run to the end even if the workflow is cancelled meanwhile (compensations must)."""
     task = asyncio.ensure_future(coro)
@@ -120,7 +173,8 @@ class OrderSagaWorkflow:
         self._completed: list[StepName] = []
         self._step: StepName | None = None
         self._phase = "running"  # running | compensating | finished
-        # What the saga waits on an operator for: "stuck" (retry/compensate) or "followup".
+        # What the saga waits on an operator for: "stuck" (retry/compensate), "followup",
+        # or "compensation" (retry_compensation).
         self._awaiting: str | None = None
         self._decision: OperatorCommandName | None = None
         # Set when a command is accepted, before it is recorded, so a second command that
@@ -129,30 +183,89 @@ class OrderSagaWorkflow:
         self._cancel_claimed = False
         self._cancel_requested = False
         self._seen_actions: set[int] = set()
+        # The workflow was cancelled from Temporal (UI, CLI) and the saga applies the
+        # cancellation rule itself: the saga runs in its own task, which Temporal's cancel
+        # never interrupts, so bookkeeping and compensations are shielded by construction.
+        self._temporal_cancel = False
+        self._saga: asyncio.Task | None = None
+        # The regular activity of the step in flight: a Temporal cancel cancels it (the
+        # activity finishes what it started and reports the cancel).
+        self._step_activity: asyncio.Task | None = None
 
     # --- the saga -------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: SagaInput) -> str:
+        self._saga = asyncio.ensure_future(self._run_saga())
+        while True:
+            try:
+                outcome = await asyncio.shield(self._saga)
+                break
+            except asyncio.CancelledError:
+                if self._saga.done():
+                    outcome = self._saga.result()  # (re-raises a cancellation, v2's way)
+                    break
+                self._on_temporal_cancel()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._temporal_cancel:
+            # The rule has been applied (compensated, or finished after shipping); the
+            # workflow itself still ends as cancelled, as Temporal was asked.
+            raise asyncio.CancelledError(WORKFLOW_CANCELLED)
+        return outcome.value
+
+    def _on_temporal_cancel(self) -> None:
+        if self._temporal_cancel:
+            return
+        if not workflow.patched(PATCH_CANCEL_RULE):
+            # v2: the cancel interrupts whatever the saga awaits; _run_saga compensates.
+            self._saga.cancel()
+            return
+        self._temporal_cancel = True
+        if self._step_activity is not None and not self._step_activity.done():
+            self._step_activity.cancel()
+
+    async def _run_saga(self) -> SagaState:
         try:
-            outcome = await self._forward()
+            return await self._forward()
         except asyncio.CancelledError:
+            # Only sagas on v2's cancellation path get here (PATCH_CANCEL_RULE).
             await _shielded(self._on_workflow_cancelled())
             raise
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return outcome.value
+
+    def _cancel_reason(self) -> str:
+        return CANCELLED_BY_STAFF if self._cancel_requested else WORKFLOW_CANCELLED
+
+    async def _cancel_wins(self) -> bool:
+        """Whether a cancel accepted while the step ran decides what happens after it failed
+        (instead of stuck, a retry or a follow-up)."""
+        if self._temporal_cancel:
+            return True
+        if not (self._cancel_claimed or self._cancel_requested):
+            return False
+        if not workflow.patched(PATCH_CANCEL_RULE):
+            return False
+        # A cancel being recorded right now counts.
+        await workflow.wait_condition(lambda: self._cancel_requested)
+        return True
 
     async def _forward(self) -> SagaState:
         for step in FORWARD_STEPS:
             # A cancel being recorded right now must be seen before shipping starts.
-            await workflow.wait_condition(lambda: not self._cancel_claimed or self._cancel_requested)
-            if self._cancel_requested:
-                return await _shielded(self._compensate(SagaState.CANCELLED, "Cancelled by staff"))
+            await workflow.wait_condition(
+                lambda: not self._cancel_claimed or self._cancel_requested or self._temporal_cancel
+            )
+            if self._cancel_requested or self._temporal_cancel:
+                return await _shielded(self._compensate(SagaState.CANCELLED, self._cancel_reason()))
             try:
                 await self._run_step(step)
             except StepFailed as failure:
                 extra = [failure.step] if failure.effect_uncertain else []
                 return await _shielded(self._compensate(failure.outcome, failure.message, also_undo=extra))
+        if self._temporal_cancel:
+            # Cancelled while shipping, and the parcel got booked: the sale stands.
+            await self._start_delivery_tracking()
+            await self._finish(SagaState.COMPLETED, f"{WORKFLOW_CANCELLED} after shipping; nothing rolled back")
+            return SagaState.COMPLETED
         if workflow.patched(PATCH_TRACKER_WITH_NOTIFY):
             # The parcel is booked: start tracking it while the customer is told, so the
             # tracker's start round trip no longer adds to the saga's latency.
@@ -162,27 +275,72 @@ class OrderSagaWorkflow:
         else:
             await self._notify_customer()
             await self._start_delivery_tracking()
-        await self._finish(SagaState.COMPLETED, "Order completed")
+        if self._temporal_cancel:
+            await self._finish(SagaState.COMPLETED, f"{WORKFLOW_CANCELLED} after shipping; nothing rolled back")
+        else:
+            await self._finish(SagaState.COMPLETED, "Order completed")
         return SagaState.COMPLETED
 
     async def _run_step(self, step: StepName) -> None:
         self._step = step
         workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(step.value)])
+        reruns = 0
         while True:
             try:
                 await self._execute(step)
                 self._completed.append(step)
                 return
-            except STEP_ERRORS as err:
+            except (*STEP_ERRORS, asyncio.CancelledError) as err:
+                if self._temporal_cancel and is_cancelled_exception(err):
+                    # Cancelled from Temporal mid-step: what the step did is undone with the rest.
+                    raise StepFailed(step, WORKFLOW_CANCELLED, SagaState.CANCELLED, effect_uncertain=True)
+                if isinstance(err, asyncio.CancelledError):
+                    raise  # v2's cancellation path
                 message = _failure_message(err)
+                if await self._cancel_wins():
+                    raise StepFailed(step, self._cancel_reason(), SagaState.CANCELLED, effect_uncertain=True)
                 if _is_non_retryable(err):
                     outcome = SagaState.REJECTED if step == StepName.VALIDATE else SagaState.COMPENSATED
                     raise StepFailed(step, message, outcome, effect_uncertain=step == StepName.SHIP)
+                lost = _lost_attempt(err)
+                if _rerun_allowed(lost, reruns) and workflow.patched(PATCH_LOST_ATTEMPTS):
+                    reruns += 1
+                    await self._pause_before_rerun(step, lost, message, reruns, _circuit_wait(err))
+                    if await self._cancel_wins():
+                        raise StepFailed(step, self._cancel_reason(), SagaState.CANCELLED, effect_uncertain=True)
+                    continue
                 decision = await self._wait_while_stuck(step, message)
                 if decision == Cmd.RETRY:
                     continue
+                if self._temporal_cancel and decision == Cmd.CANCEL:
+                    message = WORKFLOW_CANCELLED
                 outcome = SagaState.CANCELLED if decision == Cmd.CANCEL else SagaState.COMPENSATED
                 raise StepFailed(step, message, outcome, effect_uncertain=True)
+
+    async def _pause_before_rerun(self, step: StepName, lost: str, message: str, rerun: int,
+                                  circuit_wait: timedelta | None = None, *, wake_on_cancel: bool = True) -> None:
+        """Record why the step runs again, then wait a little (waking early for a cancel,
+        except in a compensation, which runs whatever was cancelled)."""
+        if lost == "worker":
+            detail = (f"The worker running this step was lost ({message}); not the step's failure: "
+                      f"running it again (rerun {rerun} of {LOST_ATTEMPT_RERUNS})")
+        else:
+            detail = f"{message}; not the step's failure: running it again (rerun {rerun})"
+        if lost != "circuit":  # the activity already recorded that it waits for the circuit
+            try:
+                await self._record(EventKind.RETRYING, step=step, detail=detail)
+            except STEP_ERRORS:
+                pass  # our database is what is down: the rerun matters more than its event
+        pause = circuit_wait or lost_attempt_pause(step, self._input.retry, rerun)
+        if not wake_on_cancel:
+            await workflow.sleep(pause)
+            return
+        try:
+            await workflow.wait_condition(
+                lambda: self._temporal_cancel or self._cancel_requested or self._cancel_claimed, timeout=pause
+            )
+        except asyncio.TimeoutError:
+            pass
 
     async def _execute(self, step: StepName) -> None:
         policy = STEP_POLICIES[step]
@@ -193,16 +351,25 @@ class OrderSagaWorkflow:
                 STEP_ACTIVITIES[step], arg, start_to_close_timeout=policy.start_to_close, retry_policy=retry
             )
             return
-        await workflow.execute_activity(
+        if self._temporal_cancel:
+            raise asyncio.CancelledError(WORKFLOW_CANCELLED)
+        heartbeat = policy.legacy_heartbeat
+        if policy.heartbeat != policy.legacy_heartbeat and workflow.patched(PATCH_STEP_HEARTBEATS):
+            heartbeat = policy.heartbeat
+        self._step_activity = workflow.start_activity(
             STEP_ACTIVITIES[step],
             arg,
             task_queue=self._input.payments_task_queue if step in PAYMENT_STEPS else None,
             start_to_close_timeout=policy.start_to_close,
-            heartbeat_timeout=policy.heartbeat,
+            heartbeat_timeout=heartbeat,
             retry_policy=retry,
             # On cancellation, wait for the attempt to end so we know whether it acted.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+        try:
+            await self._step_activity
+        finally:
+            self._step_activity = None
 
     def _key(self, step: StepName, suffix: str = "") -> str:
         return f"{workflow.info().workflow_id}:{step.value}{suffix}"
@@ -219,6 +386,8 @@ class OrderSagaWorkflow:
         )
         deadline = self._input.retry.stuck_auto_compensate_seconds
         decision = await self._await_operator("stuck", timedelta(seconds=deadline) if deadline else None)
+        if decision is None and self._temporal_cancel:
+            return Cmd.CANCEL
         if decision is None:
             await self._record(
                 EventKind.SIGNAL, step=step,
@@ -229,16 +398,26 @@ class OrderSagaWorkflow:
             self._set_saga_status(SagaState.RUNNING)
         return decision
 
-    async def _await_operator(self, what: str, timeout: timedelta | None) -> OperatorCommandName | None:
+    async def _await_operator(self, what: str, timeout: timedelta | None,
+                              wake_on_cancel: bool = True) -> OperatorCommandName | None:
+        """The operator's decision; None when `timeout` passed or (`wake_on_cancel`) the
+        workflow was cancelled from Temporal with no decision being applied."""
         self._awaiting, self._decision, self._decision_claimed = what, None, False
+
+        def cancelled() -> bool:
+            return wake_on_cancel and self._temporal_cancel and not self._decision_claimed
+
         try:
-            await workflow.wait_condition(lambda: self._decision is not None, timeout=timeout)
+            await workflow.wait_condition(lambda: self._decision is not None or cancelled(), timeout=timeout)
         except asyncio.TimeoutError:
             if not self._decision_claimed:
                 self._awaiting = None
                 return None
             # A command was accepted just as the deadline passed: it wins.
             await workflow.wait_condition(lambda: self._decision is not None)
+        if self._decision is None:  # cancelled from Temporal
+            self._awaiting = None
+            return None
         decision, self._awaiting, self._decision, self._decision_claimed = self._decision, None, None, False
         return decision
 
@@ -246,14 +425,31 @@ class OrderSagaWorkflow:
         self._step = StepName.NOTIFY
         workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(StepName.NOTIFY.value)])
         followup_open = False
+        reruns = 0
         while True:
+            if self._temporal_cancel:
+                # After shipping a cancel rolls nothing back; nobody needs to follow up.
+                if followup_open:
+                    await self._followup_activity(activities.close_followup, "cancelled")
+                return
             try:
                 await self._execute(StepName.NOTIFY)
                 if followup_open:
                     await self._followup_activity(activities.close_followup, "resent")
                 self._completed.append(StepName.NOTIFY)
                 return
-            except STEP_ERRORS as err:
+            except (*STEP_ERRORS, asyncio.CancelledError) as err:
+                if self._temporal_cancel and is_cancelled_exception(err):
+                    continue
+                if isinstance(err, asyncio.CancelledError):
+                    raise  # v2's cancellation path
+                lost = _lost_attempt(err)
+                if _rerun_allowed(lost, reruns) and workflow.patched(PATCH_LOST_ATTEMPTS):
+                    # No mail was attempted, or the worker died: not the customer's address.
+                    reruns += 1
+                    await self._pause_before_rerun(StepName.NOTIFY, lost, _failure_message(err), reruns)
+                    continue
+                reruns = 0
                 # Notifying is after the sale: a failure never rolls back, a person follows up.
                 await self._followup_activity(
                     activities.open_followup, f"Could not notify the customer: {_failure_message(err)}"
@@ -261,6 +457,8 @@ class OrderSagaWorkflow:
                 followup_open = True
                 self._set_saga_status(SagaState.NEEDS_FOLLOWUP)
                 decision = await self._await_operator("followup", None)
+                if decision is None:
+                    continue  # cancelled from Temporal
                 if decision == Cmd.RESOLVED:
                     await self._followup_activity(activities.close_followup, "resolved")
                     return
@@ -279,26 +477,70 @@ class OrderSagaWorkflow:
     async def _compensate(self, outcome: SagaState, reason: str, also_undo: list[StepName] = ()) -> SagaState:
         self._phase = "compensating"
         to_undo = [s for s in [*self._completed, *also_undo] if s in COMPENSATIONS]
+        to_undo = list(dict.fromkeys(to_undo))  # a step both completed and in flight is undone once
         if to_undo:
             self._set_saga_status(SagaState.COMPENSATING)
             await self._record("", saga_status=SagaState.COMPENSATING)
-        for step in reversed(to_undo):
-            arg = StepInput(order_id=self._input.order_id, step=step, idempotency_key=self._key(step, ":compensate"))
-            retry = compensation_retry_policy(self._input.retry)
-            if STEP_POLICIES[step].local:
-                await workflow.execute_local_activity(
-                    COMPENSATIONS[step], arg, start_to_close_timeout=COMPENSATION_TIMEOUT, retry_policy=retry
-                )
-            else:
-                await workflow.execute_activity(
-                    COMPENSATIONS[step], arg, start_to_close_timeout=COMPENSATION_TIMEOUT, retry_policy=retry,
-                    task_queue=self._input.payments_task_queue if step in PAYMENT_STEPS else None,
-                )
+        bounded = bool(to_undo) and workflow.patched(PATCH_BOUNDED_COMPENSATIONS)
+        failed = await self._run_compensations(list(reversed(to_undo)), bounded=bounded)
+        while failed:
+            failed = await self._wait_while_compensation_stuck(failed)
         await self._finish(outcome, reason)
         return outcome
 
+    async def _run_compensations(self, steps: list[StepName], *, bounded: bool) -> list[tuple[StepName, str]]:
+        """Run each compensation; returns those that could not complete, with why. Every one
+        runs even when an earlier one failed (v2's unbounded ones ended the workflow instead)."""
+        failed = []
+        for step in steps:
+            arg = StepInput(order_id=self._input.order_id, step=step, idempotency_key=self._key(step, ":compensate"))
+            retry = compensation_retry_policy(self._input.retry, bounded=bounded)
+            reruns = 0
+            while True:
+                try:
+                    if STEP_POLICIES[step].local:
+                        await workflow.execute_local_activity(
+                            COMPENSATIONS[step], arg, start_to_close_timeout=COMPENSATION_TIMEOUT, retry_policy=retry
+                        )
+                    else:
+                        await workflow.execute_activity(
+                            COMPENSATIONS[step], arg, start_to_close_timeout=COMPENSATION_TIMEOUT, retry_policy=retry,
+                            task_queue=self._input.payments_task_queue if step in PAYMENT_STEPS else None,
+                        )
+                    break
+                except STEP_ERRORS as err:
+                    if not bounded:
+                        raise
+                    # A lost worker, our own outage or an open circuit is not the compensation
+                    # failing: waited out (as for steps) instead of ending compensation_stuck.
+                    lost = _lost_attempt(err)
+                    if _rerun_allowed(lost, reruns):
+                        reruns += 1
+                        await self._pause_before_rerun(step, lost, _failure_message(err), reruns,
+                                                       _circuit_wait(err), wake_on_cancel=False)
+                        continue
+                    failed.append((step, _failure_message(err)))
+                    break
+        return failed
+
+    async def _wait_while_compensation_stuck(self, failed: list[tuple[StepName, str]]) -> list[tuple[StepName, str]]:
+        """Say which compensations could not complete and why, wait for retry_compensation,
+        then run those again; returns the ones still failing."""
+        self._set_saga_status(SagaState.COMPENSATION_STUCK)
+        for step, message in failed:
+            await self._record(
+                EventKind.STUCK, step=step,
+                detail=f"{COMPENSATION_LABELS[step]} could not complete: {message} "
+                       "(waiting for an operator to retry compensation)",
+                saga_status=SagaState.COMPENSATION_STUCK,
+            )
+        # A cancel from Temporal does not end this wait: money or stock would stay out.
+        await self._await_operator("compensation", None, wake_on_cancel=False)
+        self._set_saga_status(SagaState.COMPENSATING)
+        return await self._run_compensations([step for step, _ in failed], bounded=True)
+
     async def _on_workflow_cancelled(self) -> None:
-        """The workflow itself was cancelled (from Temporal, not the app's cancel signal)."""
+        """v2: the workflow itself was cancelled (from Temporal, not the app's cancel signal)."""
         if StepName.SHIP in self._completed:
             # The sale is committed and the parcel booked: nothing to roll back.
             await self._finish(SagaState.COMPLETED, "Workflow cancelled after shipping; nothing rolled back")
@@ -312,6 +554,10 @@ class OrderSagaWorkflow:
         await self._record(EventKind.FINISHED, detail=detail, saga_status=outcome)
 
     async def _start_delivery_tracking(self) -> None:
+        if workflow.patched(PATCH_TRACKER_ID):
+            tracker_id = delivery_workflow_id(workflow.info().workflow_id)
+        else:
+            tracker_id = f"delivery-{self._input.order_id}"
         await workflow.start_child_workflow(
             DeliveryTrackingWorkflow.run,
             DeliveryInput(
@@ -319,7 +565,7 @@ class OrderSagaWorkflow:
                 check_interval_seconds=self._input.delivery_check_interval_seconds,
                 checks_per_run=self._input.delivery_checks_per_run,
             ),
-            id=f"delivery-{self._input.order_id}",
+            id=tracker_id,
             # The tracker outlives the saga, which ends once the customer is told.
             parent_close_policy=workflow.ParentClosePolicy.ABANDON,
         )
@@ -371,6 +617,10 @@ class OrderSagaWorkflow:
     async def resolved(self, command: OperatorCommand) -> None:
         await self._on_command(Cmd.RESOLVED, command)
 
+    @workflow.signal
+    async def retry_compensation(self, command: OperatorCommand) -> None:
+        await self._on_command(Cmd.RETRY_COMPENSATION, command)
+
     def _why_not(self, name: OperatorCommandName) -> str | None:
         """Why a command does not fit the saga's state now, or None if it does."""
         if self._phase == "finished":
@@ -381,9 +631,14 @@ class OrderSagaWorkflow:
         elif name in (Cmd.RESEND, Cmd.RESOLVED):
             if self._awaiting != "followup" or self._decision_claimed:
                 return "no follow-up is waiting"
+        elif name == Cmd.RETRY_COMPENSATION:
+            if self._awaiting != "compensation" or self._decision_claimed:
+                return "no compensation is stuck"
         elif name == Cmd.CANCEL:
             if self._cancel_claimed or self._phase == "compensating":
                 return "the order is already being cancelled or rolled back"
+            if self._temporal_cancel:
+                return "the workflow is already being cancelled"
             if self._step in (StepName.SHIP, StepName.NOTIFY):
                 return "shipping has already been arranged"
             if self._awaiting == "stuck" and self._decision_claimed:
@@ -407,7 +662,10 @@ class OrderSagaWorkflow:
             self._cancel_claimed = True
         if stuck_decision:
             self._decision_claimed = True
-        new_status = {Cmd.RETRY: SagaState.RUNNING, Cmd.RESEND: SagaState.RUNNING}.get(name)
+        new_status = {
+            Cmd.RETRY: SagaState.RUNNING, Cmd.RESEND: SagaState.RUNNING,
+            Cmd.RETRY_COMPENSATION: SagaState.COMPENSATING,
+        }.get(name)
         await self._record(
             EventKind.SIGNAL, step=self._step, detail=f"{name.value} requested (action #{command.action_id}){reason}",
             saga_status=new_status, action_id=command.action_id, action_outcome="applied",

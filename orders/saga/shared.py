@@ -24,6 +24,14 @@ STEP_LABELS = {
     StepName.NOTIFY: "Notify customer",
 }
 
+# What undoing each step is called, for events and pages.
+COMPENSATION_LABELS = {
+    StepName.RESERVE: "Release reservation",
+    StepName.CHARGE: "Refund payment",
+    StepName.CONFIRM: "Restock inventory",
+    StepName.SHIP: "Cancel shipment",
+}
+
 # Steps a staff cancellation may still undo: once shipping is arranged it is too late.
 CANCELLABLE_STEPS = (StepName.VALIDATE, StepName.RESERVE, StepName.CHARGE, StepName.CONFIRM)
 
@@ -36,6 +44,9 @@ class SagaState(str, Enum):
     STUCK = "stuck"
     NEEDS_FOLLOWUP = "needs_followup"
     COMPENSATING = "compensating"
+    # A compensation could not complete (bounded retries, or refused): waits for an
+    # operator's retry_compensation; the other compensations have run.
+    COMPENSATION_STUCK = "compensation_stuck"
     # terminal:
     COMPLETED = "completed"
     COMPENSATED = "compensated"
@@ -44,6 +55,8 @@ class SagaState(str, Enum):
 
 
 TERMINAL_SAGA_STATES = (SagaState.COMPLETED, SagaState.COMPENSATED, SagaState.REJECTED, SagaState.CANCELLED)
+# Waiting for an operator: the stuck queue and the dashboard count both.
+STUCK_SAGA_STATES = (SagaState.STUCK, SagaState.COMPENSATION_STUCK)
 
 
 class EventKind(str, Enum):
@@ -76,6 +89,15 @@ class OperatorCommandName(str, Enum):
     CANCEL = "cancel"
     RESEND = "resend"
     RESOLVED = "resolved"
+    RETRY_COMPENSATION = "retry_compensation"
+
+
+def delivery_workflow_id(saga_workflow_id: str) -> str:
+    """The delivery tracker's workflow id, from its saga's (`order-42-k3Xf...` -> `delivery-42-k3Xf...`),
+    so it carries the saga's random part too. An old-style `order-42` gives `delivery-42` as before."""
+    if saga_workflow_id.startswith("order-"):
+        return "delivery-" + saga_workflow_id.removeprefix("order-")
+    return f"delivery-of-{saga_workflow_id}"
 
 
 @dataclass

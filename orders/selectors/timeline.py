@@ -116,7 +116,7 @@ def saga_timeline_build(order: Order, events: list[SagaEvent]) -> SagaTimeline:
             continue
         undoing = event.kind in (Kind.COMPENSATING, Kind.COMPENSATED)
         # A failure after the step's compensation began is the compensation failing.
-        if undoing or (event.kind == Kind.FAILED and event.step in compensations):
+        if undoing or (event.kind in (Kind.FAILED, Kind.STUCK) and event.step in compensations):
             track = compensations.get(event.step)
             if track is None:
                 track = compensations[event.step] = StepTrack(step=event.step, compensation=True)

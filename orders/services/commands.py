@@ -33,10 +33,13 @@ def operator_action_check(order: Order, action: str) -> str | None:
     if action in (Action.RETRY, Action.COMPENSATE):
         if order.saga_status != SagaStatus.STUCK:
             return f"Order {order.number} is not stuck (its saga is {order.get_saga_status_display()})."
+    elif action == Action.RETRY_COMPENSATION:
+        if order.saga_status != SagaStatus.COMPENSATION_STUCK:
+            return f"Order {order.number} has no stuck compensation (its saga is {order.get_saga_status_display()})."
     elif action == Action.CANCEL:
         if order.saga_status in TERMINAL_SAGA_STATUSES:
             return f"Order {order.number} is already {order.get_saga_status_display()}."
-        if order.saga_status == SagaStatus.COMPENSATING:
+        if order.saga_status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_STUCK):
             return f"Order {order.number} is already being rolled back."
         if order.current_step and order.current_step not in {s.value for s in CANCELLABLE_STEPS}:
             return f"Order {order.number} can no longer be cancelled: shipping has been arranged."

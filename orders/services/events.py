@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from ..broadcast import OPS_GROUP, order_group, publish_on_commit
 from ..models import Order, SagaEvent
-from ..status import TERMINAL_SAGA_STATUSES, SagaStatus, check_transition
+from ..status import STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES, check_transition
 
 
 def _order_snapshot(order: Order) -> dict:
@@ -84,7 +84,7 @@ def _apply_state(
     if saga_status is not None and saga_status != order.saga_status and order.saga_status not in TERMINAL_SAGA_STATUSES:
         # (A finished saga never comes back to life: a late or replayed write is dropped.)
         order.saga_status = saga_status
-        order.stuck_since = timezone.now() if saga_status == SagaStatus.STUCK else None
+        order.stuck_since = timezone.now() if saga_status in STUCK_SAGA_STATUSES else None
         fields += ["saga_status", "stuck_since"]
     if current_step is not None and current_step != order.current_step:
         order.current_step = current_step

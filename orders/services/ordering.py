@@ -1,5 +1,7 @@
 """Placing an order and validating it for the saga."""
 
+import secrets
+import string
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -90,7 +92,7 @@ def order_create(
             created_by=created_by,
         )
         order.number = f"SO-{order.pk:06d}"
-        order.workflow_id = f"order-{order.pk}"
+        order.workflow_id = order_workflow_id(order.pk)
         order.save(update_fields=["number", "workflow_id"])
         OrderLine.objects.bulk_create(
             OrderLine(order=order, product_id=pid, quantity=qty, unit_price=products[pid].price)
@@ -101,6 +103,18 @@ def order_create(
 
             transaction.on_commit(lambda: saga_start(order_id=order.pk))
     return order
+
+
+# Letters and digits only: ids and keys stay easy to split on '-' and ':'.
+_WORKFLOW_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def order_workflow_id(order_pk: int) -> str:
+    """`order-<pk>-<random>`: the saga's workflow id, and through it every idempotency key
+    (`<workflow id>:<step>`) and the delivery tracker's id. The random part keeps a restored
+    database, or staging and production sharing a gateway account or a Temporal namespace,
+    from ever reusing an old order's keys."""
+    return f"order-{order_pk}-{''.join(secrets.choice(_WORKFLOW_ID_ALPHABET) for _ in range(10))}"
 
 
 def order_validate(*, order_id: int, attempt: int) -> str:

@@ -1,4 +1,9 @@
-"""Arranging shipping parcel by parcel, cancelling it, and marking it delivered."""
+"""Arranging shipping parcel by parcel, cancelling it, and marking it delivered.
+
+The carrier is outside our transaction: a booking or a cancel can happen and its answer be
+lost. Both ask the carrier what it holds under the shipment key (shipment_lookup) before
+they raise, and the cancel asks before it declares "nothing to cancel".
+"""
 
 from collections.abc import Callable
 
@@ -6,7 +11,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..adapters import shipping_carrier
+from ..adapters.base import Carrier, CarrierBooking
 from ..crashpoints import crash_point
+from ..errors import GatewayUnavailable
 from ..locks import lock_order
 from ..models import Order, SagaEvent, Shipment
 from ..status import OrderStatus
@@ -32,7 +39,12 @@ def shipment_arrange(
         return "already booked"
     carrier = shipping_carrier()
     for number in range(resume_after + 1, parcels + 1):
-        carrier.book_parcel(order_id=order_id, shipment_key=idempotency_key, parcel_number=number)
+        try:
+            carrier.book_parcel(order_id=order_id, shipment_key=idempotency_key, parcel_number=number)
+        except GatewayUnavailable:
+            booking = _lookup(carrier, idempotency_key)
+            if booking is None or number not in booking.active:
+                raise  # not booked (or the carrier cannot say): the step is retried
         crash_point("ship.after_booking", order=order_id)
         Shipment.objects.filter(pk=shipment.pk).update(parcels_booked=number)
         on_parcel_booked(number)
@@ -48,20 +60,65 @@ def shipment_arrange(
     return detail
 
 
-def shipment_cancel(*, order_id: int, attempt: int) -> str:
-    """Compensation of ship: cancel whatever the carrier booked, if anything."""
+def shipment_cancel(*, order_id: int, attempt: int, shipment_key: str = "") -> str:
+    """Compensation of ship: cancel whatever the carrier booked, if anything.
+
+    Without a shipment row of ours the carrier is asked what it booked under the key
+    (`shipment_key`, else derived from the order's workflow id as the saga derives it):
+    what it holds is cancelled and recorded; "nothing to cancel" only when it agrees.
+    Raises GatewayUnavailable (retried) or CancelRefused (the compensation cannot
+    complete without staff).
+    """
     shipment = Shipment.objects.filter(order_id=order_id).first()
-    if shipment is not None and shipment.state != Shipment.State.CANCELLED:
-        shipping_carrier().cancel(order_id=order_id, shipment_key=shipment.idempotency_key)
+    carrier = shipping_carrier()
+    if shipment is None:
+        key = shipment_key or f"{Order.objects.values_list('workflow_id', flat=True).get(pk=order_id)}:ship"
+        booking = carrier.shipment_lookup(key)  # cannot ask: GatewayUnavailable, retried
+        if booking is not None and booking.active:
+            _cancel(carrier, order_id, key)
+        with transaction.atomic():
+            order = lock_order(order_id)
+            if booking is None or not booking.active:
+                detail = "Nothing was booked (the carrier confirms it); nothing to cancel"
+            else:
+                Shipment.objects.get_or_create(order=order, defaults={
+                    "idempotency_key": key, "state": Shipment.State.CANCELLED, "carrier_reference": key,
+                    "parcels_total": len(booking.parcels), "parcels_booked": len(booking.parcels),
+                })
+                detail = (f"Cancelled {len(booking.active)} parcel(s) found at the carrier under {key}: "
+                          "its answer had been lost")
+            saga_event_record(order, kind=SagaEvent.Kind.COMPENSATED, step="ship", detail=detail, attempt=attempt)
+        return detail
+    if shipment.state != Shipment.State.CANCELLED:
+        _cancel(carrier, order_id, shipment.idempotency_key)
+    booking = _lookup(carrier, shipment.idempotency_key)
+    # The carrier's count, when it can say: a booking whose answer was lost is cancelled too.
+    booked = max(shipment.parcels_booked, len(booking.parcels) if booking else 0)
     with transaction.atomic():
         order = lock_order(order_id)
-        if shipment is None:
-            detail = "Nothing was booked; nothing to cancel"
-        else:
-            Shipment.objects.filter(pk=shipment.pk).update(state=Shipment.State.CANCELLED, updated_at=timezone.now())
-            detail = f"Cancelled shipment ({shipment.parcels_booked} parcel(s) booked)"
+        Shipment.objects.filter(pk=shipment.pk).update(
+            state=Shipment.State.CANCELLED, parcels_booked=booked, updated_at=timezone.now())
+        detail = f"Cancelled shipment ({booked} parcel(s) booked)"
         saga_event_record(order, kind=SagaEvent.Kind.COMPENSATED, step="ship", detail=detail, attempt=attempt)
     return detail
+
+
+def _cancel(carrier: Carrier, order_id: int, key: str) -> None:
+    """Cancel at the carrier; a cancel whose answer was lost counts when the carrier shows it."""
+    try:
+        carrier.cancel(order_id=order_id, shipment_key=key)
+    except GatewayUnavailable:
+        booking = _lookup(carrier, key)
+        if booking is None or booking.active:
+            raise
+
+
+def _lookup(carrier: Carrier, key: str) -> CarrierBooking | None:
+    """What the carrier booked under a key after a call failed; None if nothing or it cannot say."""
+    try:
+        return carrier.shipment_lookup(key)
+    except GatewayUnavailable:
+        return None
 
 
 def shipment_is_delivered(*, order_id: int) -> bool:

@@ -1,5 +1,5 @@
 """POST /orders/<pk>/actions/<action>/: one operator action (retry, compensate, cancel,
-resend, resolved) through ops.services.operator_action_request.
+resend, resolved, retry_compensation) through ops.services.operator_action_request.
 
 Shared by the detail page and the ops queues. htmx posts aimed at the detail page's
 buttons (HX-Target order-actions-<pk>) get the refreshed buttons; other htmx posts get a
