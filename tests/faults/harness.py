@@ -70,6 +70,10 @@ PLAN_MIX = [
     _kind("lost_charge", {"payment": "lost_response:1"}, {"completed"}, healthy=True),
     _kind("lost_charge_then_fail", {"payment": "lost_response:1", "inventory": "fail"}, {"failed"}),
     _kind("lost_refund", {"inventory": "fail", "refund": "lost_response:1"}, {"failed"}),
+    _kind("refund_timeouts", {"inventory": "fail", "refund": "transient:2"}, {"failed"}),
+    # Compensations that cannot complete wait for staff, visibly (issue 7, case 7).
+    _kind("refund_refused", {"inventory": "fail", "refund": "fail"}, {"compensation_stuck"}),
+    _kind("cancel_refused", {"shipping": "fail", "shipping_cancel": "fail"}, {"compensation_stuck"}, lines=2),
     _kind("lost_booking", {"shipping": "lost_response:1"}, {"completed"}, healthy=True),
 ]
 
