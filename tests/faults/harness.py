@@ -571,7 +571,9 @@ def run_checks(run: FaultRun) -> None:
         if kind.healthy and outcome != "completed":
             v["no healthy order stuck"].append(f"order {pk} ({kind.name}): {outcome}")
         wf_status, task_attempts = run.workflows.get(pk, ("?", 0))
-        if (outcome in TERMINAL and wf_status != "COMPLETED") or (outcome not in TERMINAL and wf_status != "RUNNING"):
+        # A saga cancelled from Temporal compensates, then reports the cancel: CANCELED.
+        closed_ok = {"COMPLETED", "CANCELED"} if outcome == "cancelled" else {"COMPLETED"}
+        if (outcome in TERMINAL and wf_status not in closed_ok) or (outcome not in TERMINAL and wf_status != "RUNNING"):
             v["database agrees with Temporal"].append(f"order {pk} ({kind.name}): {outcome} here, workflow {wf_status}")
         if task_attempts > 1:
             v["no workflow task retrying"].append(f"order {pk}: workflow task attempt {task_attempts}")
