@@ -8,6 +8,7 @@
 #   make infra    only the Temporal dev server and an embedded Redis
 #   make test     pytest (extra arguments: make test PYTEST_ARGS="-k saga -x")
 #   make bench    the saga latency benchmark (extra arguments: BENCH_ARGS=...)
+#   make faults   the large fault suite: 100 orders, workers killed at random (FAULT_ARGS="--orders 300")
 #   make migrate  apply Django migrations
 #   make worker   a Temporal worker alone (needs a Temporal server, e.g. from `make infra`)
 #   make install  only create/sync .venv
@@ -21,8 +22,9 @@ STAMP  := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
+FAULT_ARGS  ?=
 
-.PHONY: install lock run infra test bench migrate worker
+.PHONY: install lock run infra test bench faults migrate worker
 
 # The venv itself; order-only below, so a newer python binary does not force a reinstall.
 $(PY):
@@ -64,6 +66,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/saga_latency.py $(BENCH_ARGS)
+
+faults: $(STAMP)
+	$(PY) scripts/fault_suite.py $(FAULT_ARGS)
 
 migrate: $(STAMP)
 	$(PY) manage.py migrate --noinput

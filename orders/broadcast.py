@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import transaction
 
 from . import async_bridge
+from .crashpoints import crash_point
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ def _get_publisher() -> _Publisher:
 
 
 async def _enqueue(groups: list[str], message: dict) -> None:
+    if _publisher is None:
+        crash_point("broadcast.first_publish")
     _get_publisher().put(groups, message)
 
 

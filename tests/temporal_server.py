@@ -36,29 +36,51 @@ def wait_for_port(port: int, timeout: float = 60) -> None:
 
 
 class DevServer:
-    def __init__(self) -> None:
+    """`db_filename` keeps the server's state in a SQLite file instead of memory, so
+    `restart()` brings it back mid-flight with its workflows (the fault suite does)."""
+
+    def __init__(self, db_filename: str | None = None) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.db_filename = db_filename
+        # Fixed at creation, so a restarted server listens where the workers look.
+        self._http_port, self._metrics_port = free_port(), free_port()
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "DevServer":
         args = [
             temporal_cli(), "server", "start-dev", "--headless",
-            "--ip", "127.0.0.1", "--port", str(self.port), "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()), "--log-level", "error", *cli_flags(),
+            "--ip", "127.0.0.1", "--port", str(self.port), "--http-port", str(self._http_port),
+            "--metrics-port", str(self._metrics_port), "--log-level", "error", *cli_flags(),
         ]
+        if self.db_filename:
+            args += ["--db-filename", self.db_filename]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True, env=os.environ.copy())
         wait_for_port(self.port)
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, kill: bool = False) -> None:
+        """Terminate (or, `kill`, SIGKILL: a crash) the server and wait for it to go."""
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait(10)
+
+    def restart(self, *, kill: bool = True, down_seconds: float = 0) -> None:
+        """Stop the server (SIGKILL by default) and start it again on the same ports and
+        state file; without `db_filename` its workflows would be gone."""
+        if not self.db_filename:
+            raise RuntimeError("restart() needs a DevServer(db_filename=...) to keep its state")
+        self.stop(kill=kill)
+        time.sleep(down_seconds)
+        self.start()
 
 
 async def end_open_workflows(client) -> None:

@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
 from ..circuit_breaker import breaker_for
+from ..crashpoints import crash_point
 from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
 
 from ..services import inventory, notifications, ordering, payments, shipping
@@ -303,6 +304,7 @@ def record_transition(transition: SagaTransition) -> None:
     close_old_connections()
     try:
         saga_transition_record(transition, fallback_key=_fallback_key())
+        crash_point("bookkeeping.after_commit", order=transition.order_id, kind=transition.kind)
     finally:
         close_old_connections()
 

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from ..adapters import customer_notifier
 from ..adapters.base import Notification
+from ..crashpoints import crash_point
 from ..errors import NotificationFailed
 from ..locks import lock_order
 from ..models import FollowUp, NotificationAttempt, Order, SagaEvent
@@ -56,6 +57,7 @@ def customer_notify(*, order_id: int, idempotency_key: str, attempt: int) -> str
                 order=order, succeeded=False, error=str(exc), attempt=attempt, idempotency_key=key
             )
             raise
+    crash_point("notify.after_send", order=order_id)
     try:
         with transaction.atomic():
             order = lock_order(order_id)
@@ -67,6 +69,7 @@ def customer_notify(*, order_id: int, idempotency_key: str, attempt: int) -> str
         if not NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
             raise
         return "already emailed"
+    crash_point("notify.after_commit", order=order_id)
     return detail
 
 

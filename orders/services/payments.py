@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 
 from ..adapters import payment_gateway
 from ..adapters.base import ChargeRequest, GatewayRecord, RefundRequest
+from ..crashpoints import crash_point
 from ..errors import GatewayUnavailable
 from ..locks import lock_order
 from ..models import Order, Payment, SagaEvent
@@ -64,10 +65,12 @@ def payment_charge(*, order_id: int, idempotency_key: str, attempt: int) -> str:
                 currency=booked.currency, reference=booked.reference,
                 event_kind=SagaEvent.Kind.SUCCEEDED, detail=detail, attempt=attempt)
         return detail
+    crash_point("charge.after_gateway", order=order_id)
     detail = f"Charged {order.total} {order.currency} ({receipt.reference})"
     _record(order.pk, kind=Payment.Kind.CHARGE, key=idempotency_key, amount=order.total,
             currency=order.currency, reference=receipt.reference,
             event_kind=SagaEvent.Kind.SUCCEEDED, detail=detail, attempt=attempt)
+    crash_point("charge.after_commit", order=order_id)
     return detail
 
 
@@ -112,10 +115,12 @@ def payment_refund(*, order_id: int, charge_key: str, idempotency_key: str, atte
         if booked is None:
             raise
         receipt, lost = booked.receipt, ": the gateway's answer was lost, found by looking the refund up"
+    crash_point("refund.after_gateway", order=order_id)
     detail = f"Refunded {charge.amount} {charge.currency} ({receipt.reference}){lost}"
     _record(order_id, kind=Payment.Kind.REFUND, key=idempotency_key, amount=charge.amount,
             currency=charge.currency, reference=receipt.reference,
             event_kind=SagaEvent.Kind.COMPENSATED, detail=detail, attempt=attempt)
+    crash_point("refund.after_commit", order=order_id)
     return detail
 
 

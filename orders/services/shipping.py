@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from ..adapters import shipping_carrier
 from ..adapters.base import Carrier, CarrierBooking
+from ..crashpoints import crash_point
 from ..errors import GatewayUnavailable
 from ..locks import lock_order
 from ..models import Order, SagaEvent, Shipment
@@ -44,6 +45,7 @@ def shipment_arrange(
             booking = _lookup(carrier, idempotency_key)
             if booking is None or number not in booking.active:
                 raise  # not booked (or the carrier cannot say): the step is retried
+        crash_point("ship.after_booking", order=order_id)
         Shipment.objects.filter(pk=shipment.pk).update(parcels_booked=number)
         on_parcel_booked(number)
     with transaction.atomic():
