@@ -120,8 +120,13 @@ def _get_publisher() -> _Publisher:
     return _publisher
 
 
+_first_put = True
+
+
 async def _enqueue(groups: list[str], message: dict) -> None:
-    if _publisher is None:
+    global _first_put
+    if _first_put:  # the first event this process publishes (the warm-up at start is not one)
+        _first_put = False
         crash_point("broadcast.first_publish")
     _get_publisher().put(groups, message)
 

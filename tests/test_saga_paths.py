@@ -175,7 +175,11 @@ async def test_gateway_outage_leaves_saga_stuck_until_operator_decides(saga_env,
 
     after_stuck = (await sync_to_async(timeline)(retried.pk))
     after_stuck = after_stuck[after_stuck.index(("charge", "stuck")):]
-    assert after_stuck[:3] == [("charge", "stuck"), ("charge", "signal"), ("charge", "started")]
+    # The operator's retry goes on counting the step's attempts: three failed, this is the fourth.
+    assert after_stuck[:3] == [("charge", "stuck"), ("charge", "signal"), ("charge", "retrying")]
+    charge_attempts = await sync_to_async(lambda: list(SagaEvent.objects.filter(
+        order_id=retried.pk, step="charge", kind__in=["started", "retrying"]).values_list("attempt", flat=True)))()
+    assert charge_attempts == [1, 2, 3, 4]
     assert await sync_to_async(lambda: order_state(compensated.pk).status)() == OrderStatus.FAILED
     assert await sync_to_async(lambda: list(OperatorAction.objects.order_by("id").values_list("action", "outcome")))() == [
         ("retry", "applied"), ("compensate", "applied"),

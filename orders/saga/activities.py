@@ -128,7 +128,7 @@ def _recorded(inp: StepInput, body: Callable[[int], str], *, compensation: bool 
 def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bool, started_detail: str,
                  own_database_only: bool) -> StepResult:
     info = activity.info()
-    attempt = info.attempt
+    attempt = inp.attempt_offset + info.attempt
     # The activity id tells a second run of the step (an operator's retry) from a re-run
     # of the same attempt after a crash, which must write nothing new.
     round_key = f"{inp.idempotency_key}:{info.activity_id}"

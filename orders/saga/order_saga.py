@@ -190,6 +190,7 @@ class OrderSagaWorkflow:
         self._cancel_claimed = False
         self._cancel_requested = False
         self._seen_actions: set[int] = set()
+        self._attempts_made: dict[StepName, int] = {}
         # The workflow was cancelled from Temporal (UI, CLI) and the saga applies the
         # cancellation rule itself: the saga runs in its own task, which Temporal's cancel
         # never interrupts, so bookkeeping and compensations are shielded by construction.
@@ -355,8 +356,19 @@ class OrderSagaWorkflow:
             pass
 
     async def _execute(self, step: StepName) -> None:
+        offset = self._attempts_made.get(step, 0)
+        arg = StepInput(order_id=self._input.order_id, step=step, idempotency_key=self._key(step),
+                        attempt_offset=offset)
+        try:
+            await self._execute_run(step, arg)
+        except STEP_ERRORS:
+            # The run used its attempts (a retryable failure exhausts them): the next run of
+            # this step goes on counting from there.
+            self._attempts_made[step] = offset + STEP_POLICIES[step].max_attempts
+            raise
+
+    async def _execute_run(self, step: StepName, arg: StepInput) -> None:
         policy = STEP_POLICIES[step]
-        arg = StepInput(order_id=self._input.order_id, step=step, idempotency_key=self._key(step))
         retry = step_retry_policy(step, self._input.retry)
         if policy.local:
             await workflow.execute_local_activity(

@@ -122,6 +122,9 @@ class StepInput:
     order_id: int
     step: StepName
     idempotency_key: str
+    # Attempts of this step made by earlier runs of its activity (a rerun after a lost
+    # worker, an operator's retry, a resend): events number attempts across runs.
+    attempt_offset: int = 0
 
 
 @dataclass
