@@ -3,8 +3,8 @@
     python scripts/fault_suite.py --orders 100          # or: make faults
     python scripts/fault_suite.py --orders 300 --workers 4 --chaos 2,5 --keep-db
 
-What it does (tests/faults/harness.py has the machinery; tests/faults/test_fault_suite.py
-is the CI size of the same scenario):
+What it does (tests/faults/ has the machinery, harness.py the scenario that ties it together;
+tests/faults/test_fault_suite.py is the CI size of the same scenario):
 - a fresh database (`<DATABASE_URL's name>_faults` on Postgres, var/fault_suite.sqlite3
   otherwise), migrated; a Temporal dev server with its state in a file;
 - `--workers` real `manage.py run_worker` processes, restarted whenever they die;
@@ -18,8 +18,8 @@ is the CI size of the same scenario):
 - the Temporal dev server is SIGKILLed and restarted between waves, and the database
   refuses connections for a few seconds (Postgres only);
 - once every saga is at rest: the checks, in SQL over our tables and the sandbox's books
-  (see harness.CHECKS), then several fresh workers' first broadcasts are awaited on the
-  channel layer.
+  (see tests/faults/checks.py, CHECKS), then several fresh workers' first broadcasts are
+  awaited on the channel layer.
 
 Prints the figures and exits 1 if any check failed (2 if the run itself broke).
 Environment: DATABASE_URL, REDIS_URL as for the app.
@@ -60,7 +60,8 @@ def main() -> int:
     from django.db import connection
 
     from orders.crashpoints import POINTS
-    from tests.faults import harness
+    from tests.faults import checks, harness
+    from tests.faults.fresh_workers import fresh_worker_first_broadcasts
     from tests.temporal_server import DevServer
 
     db = settings.DATABASES["default"]
@@ -90,10 +91,10 @@ def main() -> int:
         run = harness.run_scenario(scenario, server=server, work_dir=work_dir)
         fresh = {}
         if args.fresh_workers:
-            fresh = harness.fresh_worker_first_broadcasts(args.fresh_workers, server=server, work_dir=work_dir / "fresh")
+            fresh = fresh_worker_first_broadcasts(args.fresh_workers, server=server, work_dir=work_dir / "fresh")
             lost = [i for i, why in fresh.items() if why]
             run.figures["fresh workers' first event received"] = f"{len(fresh) - len(lost)} of {len(fresh)}"
-        harness.print_figures(run)
+        checks.print_figures(run)
         lost = [i for i, why in fresh.items() if why]
         print(f"{'FAIL' if lost else 'ok  '}  every fresh worker's first event reaches a subscriber"
               + (f"  ({len(lost)} of {len(fresh)} lost)" if lost else ""))

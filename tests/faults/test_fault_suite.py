@@ -21,7 +21,8 @@ from django.conf import settings
 from orders.crashpoints import POINTS
 
 from ..temporal_server import DevServer
-from . import harness
+from . import checks, harness
+from .fresh_workers import fresh_worker_first_broadcasts
 
 # transaction=True: the workers commit for real; the marker also makes pytest-django set up the
 # test database for this module.
@@ -84,7 +85,7 @@ def db_for_module(django_db_setup, django_db_blocker):
 @pytest.fixture(scope="module")
 def fault_run(db_for_module, queue_settings, fault_server, tmp_path_factory):
     run = harness.run_scenario(CI_SCENARIO, server=fault_server, work_dir=tmp_path_factory.mktemp("faults"))
-    harness.print_figures(run)
+    checks.print_figures(run)
     return run
 
 
@@ -116,7 +117,7 @@ def test_database_refused_connections(fault_run):
 # --- the checks -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("check", harness.CHECKS)
+@pytest.mark.parametrize("check", checks.CHECKS)
 def test_check(fault_run, check):
     _check(fault_run, check)
 
@@ -126,7 +127,7 @@ def test_check(fault_run, check):
 
 def test_every_fresh_workers_first_event_reaches_a_subscriber(db_for_module, queue_settings, fault_server,
                                                              tmp_path_factory):
-    results = harness.fresh_worker_first_broadcasts(
+    results = fresh_worker_first_broadcasts(
         int(os.environ.get("FAULT_SUITE_FRESH_WORKERS", "4")), server=fault_server,
         work_dir=tmp_path_factory.mktemp("fresh"),
     )

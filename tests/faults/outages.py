@@ -1,0 +1,38 @@
+"""Outside disruptions for the fault suite: Postgres refusing connections for a while.
+(The Temporal dev server's restart is tests.temporal_server.DevServer.restart.)"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.db import connection
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def database_refuse_connections(seconds: float) -> None:
+    """Postgres: the database refuses new connections and drops its open ones for a while.
+
+    Run from an admin connection to the `postgres` database; this process's own
+    connection is dropped too and reopens afterwards.
+    """
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    name = db["NAME"]
+    admin = psycopg.connect(
+        host=db.get("HOST") or "127.0.0.1", port=db.get("PORT") or 5432, user=db.get("USER") or None,
+        password=db.get("PASSWORD") or None, dbname="postgres", autocommit=True,
+    )
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+        time.sleep(seconds)
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.close()
+    connection.close()
