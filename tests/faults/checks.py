@@ -71,6 +71,7 @@ class FaultRun:
     violations: dict[str, list[str]] = field(default_factory=dict)
     figures: dict[str, object] = field(default_factory=dict)
     kills: Counter = field(default_factory=Counter)
+    worker_sessions_dropped: int = 0  # by the database outage
     skipped: dict[str, str] = field(default_factory=dict)
     mail_dir: Path | None = None
     publisher_deaths: list[str] = field(default_factory=list)  # worker log lines

@@ -118,7 +118,7 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
                     server.restart(kill=True, down_seconds=1)
                     run.kills["temporal dev server"] += 1
                 else:
-                    database_refuse_connections(sc.database_outage_seconds)
+                    run.worker_sessions_dropped += database_refuse_connections(sc.database_outage_seconds)
                     run.kills["database refusal"] += 1
                 log(f"fault suite: {what} disrupted for {time.monotonic() - t0:.1f}s after wave {wave + 1}")
         log(f"fault suite: {len(run.placed)} orders placed in {time.monotonic() - started:.0f}s; settling")

@@ -13,13 +13,17 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def database_refuse_connections(seconds: float) -> None:
-    """Postgres: the database refuses new connections and drops its open ones for a while.
+def database_refuse_connections(seconds: float) -> int:
+    """Postgres: the database refuses new connections and drops the worker processes' open
+    ones for a while (the system under test; the harness's own sessions stay up, or they
+    would fail whatever test this process runs next).
 
-    Run from an admin connection to the `postgres` database; this process's own
-    connection is dropped too and reopens afterwards.
+    Run from an admin connection to the `postgres` database. Returns how many worker
+    sessions it dropped.
     """
     import psycopg
+
+    from .workers import WORKER_APPLICATION_NAME
 
     db = settings.DATABASES["default"]
     name = db["NAME"]
@@ -29,10 +33,11 @@ def database_refuse_connections(seconds: float) -> None:
     )
     try:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+        dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = %s AND pid <> pg_backend_pid() AND application_name = %s",
+                                [name, WORKER_APPLICATION_NAME]).fetchone()[0]
         time.sleep(seconds)
     finally:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
         admin.close()
-    connection.close()
+    return dropped

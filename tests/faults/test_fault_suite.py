@@ -112,6 +112,8 @@ def test_database_refused_connections(fault_run):
     if "database refusal" in fault_run.skipped:
         pytest.skip(fault_run.skipped["database refusal"])
     assert fault_run.kills["database refusal"] == 1
+    # The workers were really cut off (their pooled sessions dropped), not just a quiet database.
+    assert fault_run.worker_sessions_dropped >= 1
 
 
 # --- the checks -----------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from orders.crashpoints import ENV_ONCE_DIR, ENV_POINTS
 REPO = Path(__file__).resolve().parents[2]
 
 
+WORKER_APPLICATION_NAME = "ordersite-fault-worker"
+
+
 def database_url() -> str:
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
@@ -26,7 +29,9 @@ def database_url() -> str:
     auth = db.get("USER") or ""
     if db.get("PASSWORD"):
         auth += f":{db['PASSWORD']}"
-    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    # Tagged, so a database outage can drop the system's sessions and not the harness's own.
+    return (f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+            f"?application_name={WORKER_APPLICATION_NAME}")
 
 
 class WorkerPool:
