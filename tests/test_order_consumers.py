@@ -46,7 +46,8 @@ def new_order(*, running_at: str = "", last_error: str = "") -> Order:
     if running_at:
         order_running(order, step=running_at)
     if last_error:
-        saga_step_failed(order_id=order.pk, step=running_at, attempt=1, error=last_error)
+        saga_step_failed(order_id=order.pk, step=running_at, step_key=f"{order.workflow_id}:{running_at}", attempt=1,
+                         error=last_error)
     order.refresh_from_db()
     return order
 

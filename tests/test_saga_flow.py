@@ -10,6 +10,9 @@ server, database and Redis.
 - Keys carry a random per-order part: a restored database reusing order numbers gets new
   workflow ids and keys, and the gateway books a new charge.
 
+One module (over 400 lines) because every case runs on the same troubled activities below:
+gates that hold a step while a cancel lands, and faults injected into compensations.
+
 Money and stock are checked straight in SQL after each (our ledger and the sandbox's own
 books), and saga_env checks tests/invariants.py at teardown.
 """

@@ -6,7 +6,9 @@ histories recorded from earlier versions. Once the parcel is booked the saga sta
 delivery tracker (orders.saga.delivery_tracker) as an abandoned child.
 
 This module is over 400 lines because it is one workflow class: its steps, compensation,
-operator signals and the waits between them share the workflow's state and read best together.
+operator signals, bookkeeping and the waits between them share the workflow's state and read
+best together, and every branch kept for running sagas (the patches below) sits next to the
+new path it replays against.
 """
 
 import asyncio

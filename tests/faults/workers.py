@@ -135,9 +135,14 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(5)
         for proc in self.procs:
-            if proc is not None and proc.poll() is None:
+            if proc is None:
+                continue
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            else:
+                # Died after the supervisor's last look (a late crash point): still counted.
+                self.kills[self._why_dead(proc)] += 1
 
     def _supervise(self) -> None:
         while not self._stop.wait(0.25):
