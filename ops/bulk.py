@@ -37,14 +37,19 @@ class BulkInputInvalid(Exception):
     """The selection cannot become a bulk operation; the message says why, for staff."""
 
 
+# Order ids are bigint primary keys: a larger number is no order, and would overflow the query.
+ORDER_ID_MAX = 2**63 - 1
+
+
 def _order_ids_parse(raw_ids) -> list[int]:
     ids: list[int] = []
     for raw in raw_ids:
         text = str(raw).strip()
         if not text:
             continue
-        if not text.isdigit():
-            raise BulkInputInvalid(f"{text!r} is not an order id.")
+        # ASCII digits only: "²" passes isdigit() but is no number for int().
+        if not (text.isascii() and text.isdigit()) or int(text) > ORDER_ID_MAX:
+            raise BulkInputInvalid(f"{text[:40]!r} is not an order id.")
         value = int(text)
         if value not in ids:
             ids.append(value)

@@ -168,6 +168,9 @@ RECONCILIATION_HOUR_UTC = int(os.environ.get("RECONCILIATION_HOUR_UTC", "3"))
 RECONCILIATION_GRACE_SECONDS = env_float("RECONCILIATION_GRACE_SECONDS", 300)
 RECONCILIATION_MAX_PER_KIND = int(os.environ.get("RECONCILIATION_MAX_PER_KIND", "500"))
 BULK_MAX_ORDERS = int(os.environ.get("BULK_MAX_ORDERS", "2000"))
+# A bulk form posts one field per order: let twice the limit through, so a selection over
+# it gets the bulk action's own message instead of Django's bare "too many fields" 400.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = max(1000, 2 * BULK_MAX_ORDERS + 100)
 
 # The schedule is fixed in code, so beat's own file scheduler is enough (no django-celery-beat).
 from celery.schedules import crontab  # noqa: E402  (kept with the schedule that uses it)

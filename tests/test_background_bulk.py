@@ -130,6 +130,12 @@ def test_executing_again_sends_nothing_twice(operator_user, temporal_server):
     ({"action": "explode", "order_ids": ["1"]}, "Choose an action: retry or compensate."),
     ({"action": "retry", "order_ids": ["12abc"]}, "'12abc' is not an order id."),
     ({"action": "retry", "order_ids": ["999999"]}, "No such order: #999999."),
+    # Past bigint: a number, but no order id (it overflowed the query with a 500 before).
+    ({"action": "retry", "order_ids": ["99999999999999999999"]}, "'99999999999999999999' is not an order id."),
+    ({"action": "retry", "order_ids": ["²"]}, "'²' is not an order id."),
+    # Over the documented limit of 2,000: the bulk action's own message, not Django's field-count 400.
+    ({"action": "retry", "order_ids": [str(i) for i in range(1, 3001)]},
+     "At most 2000 orders at once: narrow the selection."),
     ({"action": "retry", "step": "teleport"}, "Unknown step 'teleport'."),
     ({"action": "retry", "step": "charge"}, "No orders are stuck at Charge payment."),
 ])
