@@ -6,6 +6,8 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
+from orders.services.saga import customer_search_id
+
 from .factories import make_order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,7 +30,12 @@ async def test_search_attributes_are_queryable(saga_env):
     assert await saga_env.result(other) == "compensated"
 
     assert await _find(saga_env.client, f'OrderId = {order.pk}') == [order.workflow_id]
-    assert await _find(saga_env.client, 'CustomerId = "search-me@example.com"') == [order.workflow_id]
+    # The customer is found by a keyed hash of their email; the email itself is in no attribute.
+    customer = customer_search_id("Search-Me@example.com ")
+    assert await _find(saga_env.client, f'CustomerId = "{customer}"') == [order.workflow_id]
+    assert await _find(saga_env.client, 'CustomerId = "search-me@example.com"', timeout=1) == []
+    described = await saga_env.handle(order).describe()
+    assert not any("@" in str(pair.value) for pair in described.typed_search_attributes)
     assert await _find(saga_env.client, f'OrderId = {order.pk} AND SagaStatus = "completed" '
                                         f'AND CurrentStep = "notify"') == [order.workflow_id]
     assert await _find(saga_env.client, f'OrderId = {other.pk} AND SagaStatus = "compensated" '
