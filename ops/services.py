@@ -7,7 +7,7 @@ signalled to the saga with the record's id).
 
 from django.core.exceptions import PermissionDenied
 
-from orders.models import OperatorAction
+from orders.models import FollowUp, OperatorAction
 from orders.services.commands import ActionNotAllowed, operator_action_send
 
 from .permissions import OPERATE_SAGAS, WORK_FOLLOWUPS
@@ -41,7 +41,21 @@ def operator_action_request(*, order_id: int, action: str, actor, reason: str = 
         raise ActionNotAllowed(f"Unknown action {action!r}.")
     if actor is None or not actor.has_perm(permission):
         raise PermissionDenied(f"You are not allowed to {Action(action).label} sagas.")
+    if action in (Action.RESEND, Action.RESOLVED):
+        _check_claim(order_id=order_id, actor=actor)
     return operator_action_send(order_id=order_id, action=action, actor=actor, reason=reason)
+
+
+def _check_claim(*, order_id: int, actor) -> None:
+    """A claimed follow-up is worked by its holder (or an admin, who can also release it):
+    two people calling or emailing the same customer is what claiming is for."""
+    holder = (FollowUp.objects.filter(order_id=order_id, state=FollowUp.State.OPEN)
+              .exclude(claimed_by=None).select_related("claimed_by", "order").first())
+    if holder is not None and holder.claimed_by_id != actor.pk and not actor.is_superuser:
+        raise ActionNotAllowed(
+            f"The follow-up for {holder.order.number} is claimed by {holder.claimed_by.get_username()}: "
+            "ask them, or have them (or an admin) release it first."
+        )
 
 
 def saga_retry(*, order_id: int, actor, reason: str = "") -> OperatorAction:

@@ -10,8 +10,9 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
 
-from orders.models import FollowUp
+from orders.models import FollowUp, OperatorAction
 from ops.followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
+from ops.services import ActionNotAllowed, followup_resend, followup_resolve
 
 from .test_ops_data import ROLES, followup_order, resolved_followup
 
@@ -264,3 +265,14 @@ def test_row_waits_for_the_saga_after_a_resend_or_resolve(client_as, staff_user,
     # While the saga has not answered: no second click, and the row asks again every second.
     assert ("Mark resolved</button>" in html) is not waiting
     assert ("every 1s" in html) is waiting
+
+
+def test_a_claimed_followup_is_resent_or_resolved_by_its_holder_only(staff_user):
+    """The claim is enforced in the service, not only hidden in the page."""
+    followup = followup_order()
+    sam, kim = staff_user("support", username="sam"), staff_user("support", username="kim")
+    followup_claim(followup_id=followup.pk, actor=sam)
+    for service in (followup_resend, followup_resolve):
+        with pytest.raises(ActionNotAllowed, match="claimed by sam: ask them"):
+            service(order_id=followup.order_id, actor=kim)
+    assert not OperatorAction.objects.filter(order_id=followup.order_id).exists()
