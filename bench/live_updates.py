@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import re
 import shutil
 import socket
@@ -257,7 +258,10 @@ def main() -> int:
     from django.conf import settings
 
     order_ids, cookie = prepare(args.orders, id_base=random.randrange(10**7, 9 * 10**7))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DEBUG": "1" if args.debug else "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DEBUG": "1" if args.debug else "0",
+           # As deployed, but over plain http on loopback.
+           "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50), "SECURE_SSL_REDIRECT": "0",
+           "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0"}
     port = free_port()
     server = subprocess.Popen(
         # BENCH_SERVER_CMD: run another server command (a profiling wrapper, say); it gets --port.

@@ -29,8 +29,17 @@ def env_float(name: str, default: float) -> float:
     return default if value in (None, "") else float(value)
 
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-change-me")
+_DEV_SECRET_KEY = "dev-only-insecure-key-change-me"
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
 DEBUG = env_bool("DEBUG", True)
+if not DEBUG and (len(SECRET_KEY) < 50 or "insecure" in SECRET_KEY):
+    # Sessions, password resets and signed tokens rest on it: a known or guessable key is
+    # a skeleton key to every staff account.
+    raise ImproperlyConfigured(
+        "DEBUG is off, so SECRET_KEY must be set to a long random value of your own (50+ characters; "
+        "not a default): python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+    )
+SECRET_KEY = SECRET_KEY or _DEV_SECRET_KEY
 # The sandbox app (sandbox/): a fake payment gateway, carrier and mailer with their books,
 # for dev, tests and demos. Off, it is not installed and its tables are not in the schema.
 SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", DEBUG)
@@ -256,6 +265,24 @@ CUSTOMER_NOTIFIER = _adapters["CUSTOMER_NOTIFIER"]
 SANDBOX_FAULTS_ENABLED = env_bool("SANDBOX_FAULTS_ENABLED", DEBUG and SANDBOX_ENABLED)
 if SANDBOX_FAULTS_ENABLED and not SANDBOX_ENABLED:
     raise ImproperlyConfigured("SANDBOX_FAULTS_ENABLED needs SANDBOX_ENABLED: fault plans act through the sandbox adapters.")
+if SANDBOX_FAULTS_ENABLED and not DEBUG:
+    raise ImproperlyConfigured(
+        "SANDBOX_FAULTS_ENABLED is on with DEBUG off: fault injection is for dev and tests, never a deployment."
+    )
+
+# --- HTTPS (deployments: DEBUG off) ---------------------------------------------------------
+# On by default once DEBUG is off, so `manage.py check --deploy` is clean; a local trial over
+# plain http (docker-compose.yml) turns them off explicitly. Behind a TLS-terminating proxy,
+# SECURE_PROXY_SSL_HEADER=1 trusts its X-Forwarded-Proto.
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    if env_bool("SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

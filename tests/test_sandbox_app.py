@@ -46,12 +46,15 @@ def test_nothing_in_orders_imports_the_sandbox():
     assert offenders == []
 
 
+DEPLOYED_SECRET_KEY = "k" * 10 + "-a-long-random-value-for-these-tests-0123456789"
+
+
 def _manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """manage.py in a fresh process, with the environment a deployment would give it."""
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("SANDBOX_", "DJANGO_", "DATABASE_URL")) and k not in REAL_ADAPTERS and k != "DEBUG"}
     base.update(DJANGO_SETTINGS_MODULE="ordersite.settings", ORDERSITE_VAR_DIR=str(tmp_path),
-                DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+                DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", SECRET_KEY=DEPLOYED_SECRET_KEY)
     base.update(env)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=base,
                           capture_output=True, text=True, timeout=120)
