@@ -32,5 +32,6 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
 USER app
 
 EXPOSE 8000
+# Forwarded headers are trusted only from FORWARDED_ALLOW_IPS (uvicorn's default: loopback).
 CMD ["uvicorn", "ordersite.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
-     "--lifespan", "off", "--proxy-headers", "--forwarded-allow-ips", "*"]
+     "--lifespan", "off", "--proxy-headers"]

@@ -1,3 +1,6 @@
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from ops.roles import ROLES, staff_user_create
@@ -13,7 +16,9 @@ class Command(BaseCommand):
         parser.add_argument("--email", default="")
 
     def handle(self, *args, username, password, role, email, **options):
-        if len(password) < 8:
-            raise CommandError("Password must be at least 8 characters.")
+        try:
+            validate_password(password, user=get_user_model()(username=username, email=email))
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from None
         staff_user_create(username=username, password=password, role=role, email=email)
         self.stdout.write(f"Staff login: user {username!r} with password {password!r} (role {role})")
