@@ -12,9 +12,12 @@ it acts again or records "nothing to undo", and reconciliation compares our ledg
 these books. A lookup raises GatewayUnavailable when the other side cannot be asked.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from ..errors import GatewayUnavailable
 
 
 @dataclass(frozen=True)
@@ -135,3 +138,15 @@ def message_id_header(idempotency_key: str, sender: str) -> str:
     """
     domain = sender.rpartition("@")[2] or "localhost"
     return f"<{idempotency_key.replace(':', '.')}@{domain}>"
+
+
+Found = TypeVar("Found")
+
+
+def lookup_after_failure(lookup: Callable[[str], Found | None], key: str) -> Found | None:
+    """Ask the outside party what it did under a key after a call to it failed (its answer
+    may have been lost after the effect); None if it did nothing or cannot say right now."""
+    try:
+        return lookup(key)
+    except GatewayUnavailable:
+        return None

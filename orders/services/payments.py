@@ -8,12 +8,11 @@ gateway is asked what it holds under the key (charge_lookup, refund_lookup): our
 follows the gateway's books, never our guess.
 """
 
-from collections.abc import Callable
 
 from django.db import IntegrityError, transaction
 
 from ..adapters import payment_gateway
-from ..adapters.base import ChargeRequest, GatewayRecord, RefundRequest
+from ..adapters.base import ChargeRequest, RefundRequest, lookup_after_failure
 from ..crashpoints import crash_point
 from ..errors import GatewayUnavailable
 from ..locks import lock_order
@@ -56,7 +55,7 @@ def payment_charge(*, order_id: int, idempotency_key: str, attempt: int) -> str:
             )
         )
     except GatewayUnavailable:
-        booked = _lookup(gateway.charge_lookup, idempotency_key)
+        booked = lookup_after_failure(gateway.charge_lookup, idempotency_key)
         if booked is None:
             raise  # the gateway did not act (or cannot say): the step is retried
         detail = (f"Charged {booked.amount} {booked.currency} ({booked.reference}): the gateway's answer was lost, "
@@ -111,7 +110,7 @@ def payment_refund(*, order_id: int, charge_key: str, idempotency_key: str, atte
         )
         lost = ""
     except GatewayUnavailable:
-        booked = _lookup(gateway.refund_lookup, idempotency_key)
+        booked = lookup_after_failure(gateway.refund_lookup, idempotency_key)
         if booked is None:
             raise
         receipt, lost = booked.receipt, ": the gateway's answer was lost, found by looking the refund up"
@@ -123,10 +122,3 @@ def payment_refund(*, order_id: int, charge_key: str, idempotency_key: str, atte
     crash_point("refund.after_commit", order=order_id)
     return detail
 
-
-def _lookup(lookup: Callable[[str], GatewayRecord | None], key: str) -> GatewayRecord | None:
-    """Ask the gateway what it did under a key after a call failed; None if it cannot say."""
-    try:
-        return lookup(key)
-    except GatewayUnavailable:
-        return None

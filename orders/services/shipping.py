@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..adapters import shipping_carrier
-from ..adapters.base import Carrier, CarrierBooking
+from ..adapters.base import Carrier, lookup_after_failure
 from ..crashpoints import crash_point
 from ..errors import GatewayUnavailable
 from ..locks import lock_order
@@ -42,7 +42,7 @@ def shipment_arrange(
         try:
             carrier.book_parcel(order_id=order_id, shipment_key=idempotency_key, parcel_number=number)
         except GatewayUnavailable:
-            booking = _lookup(carrier, idempotency_key)
+            booking = lookup_after_failure(carrier.shipment_lookup, idempotency_key)
             if booking is None or number not in booking.active:
                 raise  # not booked (or the carrier cannot say): the step is retried
         crash_point("ship.after_booking", order=order_id)
@@ -91,7 +91,7 @@ def shipment_cancel(*, order_id: int, attempt: int, shipment_key: str = "") -> s
         return detail
     if shipment.state != Shipment.State.CANCELLED:
         _cancel(carrier, order_id, shipment.idempotency_key)
-    booking = _lookup(carrier, shipment.idempotency_key)
+    booking = lookup_after_failure(carrier.shipment_lookup, shipment.idempotency_key)
     # The carrier's count, when it can say: a booking whose answer was lost is cancelled too.
     booked = max(shipment.parcels_booked, len(booking.parcels) if booking else 0)
     with transaction.atomic():
@@ -108,17 +108,10 @@ def _cancel(carrier: Carrier, order_id: int, key: str) -> None:
     try:
         carrier.cancel(order_id=order_id, shipment_key=key)
     except GatewayUnavailable:
-        booking = _lookup(carrier, key)
+        booking = lookup_after_failure(carrier.shipment_lookup, key)
         if booking is None or booking.active:
             raise
 
-
-def _lookup(carrier: Carrier, key: str) -> CarrierBooking | None:
-    """What the carrier booked under a key after a call failed; None if nothing or it cannot say."""
-    try:
-        return carrier.shipment_lookup(key)
-    except GatewayUnavailable:
-        return None
 
 
 def shipment_is_delivered(*, order_id: int) -> bool:
