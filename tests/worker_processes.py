@@ -16,19 +16,22 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _database_url() -> str:
+def database_url(*, application_name: str = "") -> str:
+    """The test database, as DATABASE_URL for a child process; on Postgres its sessions can
+    carry `application_name`, so they can be told from this process's own."""
     db = connection.settings_dict
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    auth = (db["USER"] or "") + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    url = f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return f"{url}?application_name={application_name}" if application_name else url
 
 
 def worker_env(*, temporal_address: str, orders_queue: str, payments_queue: str, **extra: str) -> dict:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "ordersite.settings",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "TEMPORAL_ADDRESS": temporal_address,
         "SAGA_TASK_QUEUE": orders_queue,

@@ -13,25 +13,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from django.conf import settings
 from orders.crashpoints import ENV_ONCE_DIR, ENV_POINTS
+
+from ..worker_processes import database_url
 
 REPO = Path(__file__).resolve().parents[2]
 
-
 WORKER_APPLICATION_NAME = "ordersite-fault-worker"
-
-
-def database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db.get("USER") or ""
-    if db.get("PASSWORD"):
-        auth += f":{db['PASSWORD']}"
-    # Tagged, so a database outage can drop the system's sessions and not the harness's own.
-    return (f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-            f"?application_name={WORKER_APPLICATION_NAME}")
 
 
 class WorkerPool:
@@ -56,7 +44,8 @@ class WorkerPool:
             "DJANGO_SETTINGS_MODULE": "ordersite.settings",
             "SANDBOX_ENABLED": "1",
             "SANDBOX_FAULTS_ENABLED": "1",
-            "DATABASE_URL": database_url(),
+            # Tagged, so a database outage can drop the system's sessions and not the harness's own.
+            "DATABASE_URL": database_url(application_name=WORKER_APPLICATION_NAME),
             "DB_CONN_MAX_AGE": "60",  # as the worker runs in production (Procfile.dev, compose)
             "TEMPORAL_ADDRESS": temporal_address,
             "SAGA_TASK_QUEUE": orders_queue,
