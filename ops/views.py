@@ -7,7 +7,6 @@ bulk actions post to the background jobs app (background:bulk_create).
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -20,14 +19,15 @@ from . import selectors
 from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
 from .http import safe_next
+from .keyset import COUNT_CAP, PageRequest, keyset_page
 from .permissions import OPERATE_SAGAS, VIEW_AUDIT_LOG, WORK_FOLLOWUPS, staff_required
 
-PAGE_SIZE = 50
 
-
-def _page(request: HttpRequest, queryset):
-    # get_page: a page number that is out of range or not a number shows the last/first page.
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+def _page(request: HttpRequest, queryset, *, count_cap: int | None = None):
+    # Keyset pages in the queryset's own order: a bad or stale cursor shows the first page.
+    # The queues count exactly (their headers say how many; they are small next to the
+    # orders); the audit log grows for ever, so its count is capped.
+    return keyset_page(queryset, PageRequest.from_query(request.GET), count_cap=count_cap)
 
 
 @require_GET
@@ -149,5 +149,5 @@ def audit(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm(VIEW_AUDIT_LOG):
         raise PermissionDenied("You do not have permission to see the audit log.")
     form = AuditFilterForm(request.GET or None)
-    page = _page(request, selectors.operator_actions(form.filters()))
+    page = _page(request, selectors.operator_actions(form.filters()), count_cap=COUNT_CAP)
     return render(request, "ops/audit.html", {"form": form, "page": page})

@@ -5,6 +5,7 @@ Who can see them, what each role is offered, filters and pagination, and that th
 of queries does not grow with the number of rows.
 """
 
+import html
 import re
 
 import pytest
@@ -165,13 +166,14 @@ def test_stuck_queue_paginates(client_as):
     orders = [stuck_order(product, minutes_ago=100 - i, failed=1) for i in range(55)]
     client = client_as("viewer")
     first = client.get(reverse("ops:stuck")).content.decode()
-    second = client.get(reverse("ops:stuck"), {"page": 2}).content.decode()
+    next_link = html.unescape(re.search(r'href="([^"]+)" rel="next"', first).group(1))
+    second = client.get(reverse("ops:stuck") + next_link).content.decode()
     assert len(re.findall(r'<tr id="stuck-', first)) == 50
     assert re.findall(r'<tr id="stuck-(\d+)">', second) == [str(o.pk) for o in orders[50:]]
-    assert "Page 2 of 2" in second
-    # Nonsense page numbers show a page rather than an error.
-    assert client.get(reverse("ops:stuck"), {"page": "x"}).status_code == 200
-    assert client.get(reverse("ops:stuck"), {"page": 99}).status_code == 200
+    assert "Page 2" in second and 'rel="next"' not in second and "55 stuck sagas" in second
+    # Nonsense page numbers and cursors show a page rather than an error.
+    for junk in ({"page": "x"}, {"page": 99}, {"after": "!!"}, {"before": "W10"}, {"after": "WyJ4IiwxXQ"}):
+        assert client.get(reverse("ops:stuck"), junk).status_code == 200
 
 
 def test_viewer_and_support_get_no_saga_controls(client_as):
@@ -308,7 +310,9 @@ def test_query_count_does_not_grow_with_rows(client_as, staff_user, page, params
     small = queries_for(client, reverse(page), params)
     populate(25, product, actor)
     large = queries_for(client, reverse(page), params)
-    assert small == large
+    # One query more at most: a list that fits on one page is counted from its rows, a
+    # longer one by a count (ops/keyset.py); nothing per row.
+    assert small <= large <= small + 1
     assert large <= most
     assert OperatorAction.objects.count() == 54
 

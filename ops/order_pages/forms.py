@@ -71,13 +71,6 @@ class OrderFilterForm(DateRangeCheck, forms.Form):
         )
 
 
-def parse_page(value: str | None) -> int:
-    try:
-        return min(max(int(value or 1), 1), 100_000)
-    except (TypeError, ValueError):
-        return 1
-
-
 # --- creating an order ----------------------------------------------------------------
 
 INITIAL_LINES = 3

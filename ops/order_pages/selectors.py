@@ -14,6 +14,7 @@ from orders.services.commands import operator_action_check
 from orders.status import STUCK_SAGA_STATUSES, SagaStatus
 
 from ..dates import day_start
+from ..keyset import COUNT_CAP, PAGE_SIZE, KeysetPage, PageRequest, keyset_page
 from ..services import ACTION_PERMISSIONS
 
 # --- the order list ---------------------------------------------------------------------
@@ -28,9 +29,6 @@ LIST_SORTS = {
     "-status": ("-status", "-created_at", "-id"),
 }
 DEFAULT_SORT = "-created"
-# Counting every match of a broad filter over 100,000 orders costs more than the page
-# itself; above this many the list says "more than N" instead of counting on.
-COUNT_CAP = 1000
 _ORDER_NUMBER = re.compile(r"^(?:so-?)?0*(\d{1,12})$", re.IGNORECASE)
 _WHOLE_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -46,29 +44,6 @@ class OrderListFilters:
     date_to: date | None = None
     q: str = ""
     sort: str = DEFAULT_SORT
-
-
-@dataclass
-class OrderListPage:
-    orders: list[Order]
-    number: int
-    per_page: int
-    has_next: bool
-    # How many orders match, or None past COUNT_CAP (shown as "more than COUNT_CAP").
-    total: int | None
-    count_cap: int = COUNT_CAP
-
-    @property
-    def has_previous(self) -> bool:
-        return self.number > 1
-
-    @property
-    def first_index(self) -> int:
-        return (self.number - 1) * self.per_page + 1 if self.orders else 0
-
-    @property
-    def last_index(self) -> int:
-        return (self.number - 1) * self.per_page + len(self.orders)
 
 
 def order_list_queryset(filters: OrderListFilters) -> QuerySet[Order]:
@@ -109,23 +84,10 @@ def order_list_queryset(filters: OrderListFilters) -> QuerySet[Order]:
     return qs.order_by(*LIST_SORTS.get(filters.sort, LIST_SORTS[DEFAULT_SORT]))
 
 
-def order_list(filters: OrderListFilters, *, page: int = 1, per_page: int = 50) -> OrderListPage:
-    """One page of the list: two queries (the rows, and a count capped at COUNT_CAP)."""
-    page = max(1, page)
-    qs = order_list_queryset(filters)
-    offset = (page - 1) * per_page
-    # One row more than the page tells whether there is a next page without counting.
-    rows = list(qs[offset : offset + per_page + 1])
-    has_next = len(rows) > per_page
-    rows = rows[:per_page]
-    if not has_next and (rows or page == 1):
-        # Everything that matches is on this page or before it: no count needed.
-        total = offset + len(rows)
-    else:
-        matched = qs.order_by()[: COUNT_CAP + 1].count()
-        total = matched if matched <= COUNT_CAP else None
-    return OrderListPage(orders=rows, number=page, per_page=per_page, has_next=has_next, total=total,
-                         count_cap=COUNT_CAP)
+def order_list(filters: OrderListFilters, page: PageRequest, *, per_page: int = PAGE_SIZE) -> KeysetPage:
+    """One page of the list by keyset (ops.keyset): the rows in one query, and a count
+    capped at COUNT_CAP only when the template shows it."""
+    return keyset_page(order_list_queryset(filters), page, per_page=per_page, count_cap=COUNT_CAP)
 
 
 def order_row_get(order_id: int) -> Order | None:
