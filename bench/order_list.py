@@ -97,6 +97,8 @@ def measure(runs: int) -> list[tuple[str, float, float, int]]:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
+    from ops.keyset import encode_cursor
+    from ops.order_pages.selectors import LIST_SORTS
     from ops.roles import VIEWER, staff_user_create
     from orders.models import Order
 
@@ -105,10 +107,17 @@ def measure(runs: int) -> list[tuple[str, float, float, int]]:
     client.force_login(user)
     sample = Order.objects.order_by("id")[Order.objects.count() // 2]
     week_ago = (timezone.now() - timedelta(days=7)).date()
+
+    def after(sort: str, position: int) -> str:
+        # The cursor a Next link carries to the page starting after `position` rows.
+        ordering = LIST_SORTS[sort]
+        row = Order.objects.order_by(*ordering)[position - 1]
+        return f"after={encode_cursor(row, ordering)}"
     cases = [
         ("newest first, page 1", ""),
-        ("page 20", "?page=20"),
-        ("page 1000 (offset 49,950)", "?page=1000"),
+        ("page 20 (after 950)", f"?{after('-created', 950)}&page=20"),
+        ("page 1000 (after 49,950)", f"?{after('-created', 49_950)}&page=1000"),
+        ("last page", "?last=1"),
         ("status = processing", "?status=processing"),
         ("stuck", "?stuck=on"),
         ("needs follow-up", "?needs_followup=on"),
@@ -121,7 +130,8 @@ def measure(runs: int) -> list[tuple[str, float, float, int]]:
         ("search name (no match)", "?q=zebedee"),
         ("sort highest total", "?sort=-total"),
         ("sort status", "?sort=status"),
-        ("sort oldest first, page 5", "?sort=created&page=5"),
+        ("sort oldest first, page 5", f"?sort=created&{after('created', 200)}&page=5"),
+        ("sort highest total, page 1000", f"?sort=-total&{after('-total', 49_950)}&page=1000"),
     ]
     results = []
     for label, query in cases:

@@ -199,7 +199,8 @@ class OrderAdmin(ViewOnlyAdmin):
     ]
     list_filter = ["status", "saga_status", "current_step", "created_at"]
     search_fields = ["number", "customer_email", "customer_name"]
-    date_hierarchy = "created_at"
+    # No date_hierarchy: its month links come from a DISTINCT over every order of the year
+    # (36 ms of a 58 ms page at 100,000 orders); the created_at filter above covers dates.
     list_select_related = ["created_by"]
     # The unfiltered total is one more COUNT over the whole table on every filtered page.
     show_full_result_count = False
