@@ -113,7 +113,14 @@ async def measure(args, server):
     settings.PAYMENTS_MAX_CONCURRENCY = 200  # the benchmark measures the saga, not the rate limit
     client = await Client.connect(server.address)
     executor = ThreadPoolExecutor(max_workers=64)
-    workers = build_workers(client, executor=executor)
+    sandboxed_queues = (settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE)
+    workers = build_workers(client, executor=executor, sandboxed=True)
+    # The same saga without the workflow sandbox, on queues of its own (the bare workflow,
+    # the yardstick, is declared sandboxed=False).
+    plain_queues = (f"orders-plain-{suffix}", f"payments-plain-{suffix}")
+    if args.unsandboxed:
+        workers += build_workers(client, executor=executor, sandboxed=False,
+                                 orders_queue=plain_queues[0], payments_queue=plain_queues[1])
     bare_queue = f"bare-{suffix}"
     workers.append(Worker(client, task_queue=bare_queue, workflows=[BareWorkflow], activities=[noop],
                           max_concurrent_activities=200))
@@ -144,18 +151,42 @@ async def measure(args, server):
         await asyncio.gather(*(fn() for _ in range(n)))
         return n / (time.perf_counter() - started)
 
+    def use_queues(queues):
+        # Orders start their saga on settings.SAGA_TASK_QUEUE; the saga sends charges to
+        # settings.PAYMENTS_TASK_QUEUE.
+        settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE = queues
+
+    results = {}
     try:
-        bare_lat = await sequential(one_bare, args.sequential)
+        results["bare workflow, 6 no-op activities"] = (await sequential(one_bare, args.sequential), None)
+        use_queues(sandboxed_queues)
         saga_lat = await sequential(one_saga, args.sequential)
         last = await sync_to_async(lambda: Order.objects.order_by("-pk").first())()
         breakdown = where_time_goes(await client.get_workflow_handle(last.workflow_id).fetch_history())
+        if args.unsandboxed:
+            use_queues(plain_queues)
+            plain_lat = await sequential(one_saga, args.sequential)
+        # Throughput phases one after another, in the same order.
         bare_tput = await concurrent(one_bare, args.concurrent)
-        saga_tput = await concurrent(one_saga, args.concurrent)
+        results["bare workflow, 6 no-op activities"] = (results["bare workflow, 6 no-op activities"][0], bare_tput)
+        use_queues(sandboxed_queues)
+        results[SAGA] = (saga_lat, await concurrent(one_saga, args.concurrent))
+        if args.unsandboxed:
+            use_queues(plain_queues)
+            results[SAGA_PLAIN] = (plain_lat, await concurrent(one_saga, args.concurrent))
     finally:
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*runs, return_exceptions=True)
 
-    return bare_lat, saga_lat, bare_tput, saga_tput, breakdown
+    return results, breakdown
+
+
+BARE = "bare workflow, 6 no-op activities"
+SAGA = "happy-path order saga (sandbox)"
+SAGA_PLAIN = "happy-path order saga (no sandbox)"
+# The aims of issue 10, as ratios against the bare workflow measured in the same run.
+AIM_THROUGHPUT = 0.9
+AIM_P50 = 1.0
 
 
 async def main(args) -> None:
@@ -168,19 +199,33 @@ async def main(args) -> None:
         results = await measure(args, server)
     finally:
         server.stop()  # also when the run fails: no dev server left behind
-    bare_lat, saga_lat, bare_tput, saga_tput, breakdown = results
+    results, breakdown = results
 
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-    print(f"database: {engine}; sequential runs: {args.sequential}; in flight for throughput: {args.concurrent}")
-    print(f"{'':34}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'orders/s':>10}")
-    for name, lat, tput in (("bare workflow, 6 no-op activities", bare_lat, bare_tput),
-                            ("happy-path order saga", saga_lat, saga_tput)):
-        print(f"{name:34}{percentile(lat, 50) * 1000:9.0f}{percentile(lat, 95) * 1000:9.0f}"
+    print(f"database: {engine}; sequential runs: {args.sequential}; in flight for throughput: {args.concurrent}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'':38}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'orders/s':>10}")
+    for name, (lat, tput) in results.items():
+        print(f"{name:38}{percentile(lat, 50) * 1000:9.0f}{percentile(lat, 95) * 1000:9.0f}"
               f"{statistics.mean(lat) * 1000:9.0f}{tput:10.1f}")
     print("one sequential saga, from its history (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in breakdown.items()))
-    print(f"saga / bare: p50 x{percentile(saga_lat, 50) / percentile(bare_lat, 50):.2f}, "
-          f"p95 x{percentile(saga_lat, 95) / percentile(bare_lat, 95):.2f}, "
-          f"throughput x{saga_tput / bare_tput:.2f}")
+    bare_lat, bare_tput = results[BARE]
+    missed = []
+    for name in (SAGA, SAGA_PLAIN):
+        if name not in results:
+            continue
+        lat, tput = results[name]
+        p50, thr = percentile(lat, 50) / percentile(bare_lat, 50), tput / bare_tput
+        print(f"{name} / bare: p50 x{p50:.2f} (aim below x{AIM_P50:.1f}), "
+              f"p95 x{percentile(lat, 95) / percentile(bare_lat, 95):.2f}, "
+              f"throughput x{thr:.2f} (aim x{AIM_THROUGHPUT:.1f} or more)")
+        if name == (SAGA if settings.WORKFLOW_SANDBOX else SAGA_PLAIN) and (p50 >= AIM_P50 or thr < AIM_THROUGHPUT):
+            missed.append(name)
+    if missed:
+        print(f"aims missed by the configured runner ({'sandbox' if settings.WORKFLOW_SANDBOX else 'no sandbox'})")
+        if args.strict:
+            sys.stdout.flush()
+            os._exit(1)
 
 
 if __name__ == "__main__":
@@ -188,6 +233,10 @@ if __name__ == "__main__":
     parser.add_argument("--sequential", type=int, default=40)
     parser.add_argument("--concurrent", type=int, default=150)
     parser.add_argument("--database-url")
+    parser.add_argument("--unsandboxed", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the saga without the workflow sandbox")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when the configured runner misses an aim (p50 below bare, throughput x0.9)")
     arguments = parser.parse_args()
     configure(arguments.database_url)
     asyncio.run(main(arguments))

@@ -207,6 +207,8 @@ TEMPORAL_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
 TEMPORAL_NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
 TEMPORAL_UI_URL = os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233")
 SAGA_TASK_QUEUE = os.environ.get("SAGA_TASK_QUEUE", "orders")
+# Run workflows in Temporal's sandbox (see orders/saga/worker.py and docs/benchmarks.md).
+WORKFLOW_SANDBOX = env_bool("WORKFLOW_SANDBOX", True)
 PAYMENTS_TASK_QUEUE = os.environ.get("PAYMENTS_TASK_QUEUE", "payments")
 # The payment gateway is rate limited: at most this many charges/refunds at once per worker.
 PAYMENTS_MAX_CONCURRENCY = int(os.environ.get("PAYMENTS_MAX_CONCURRENCY", "8"))

@@ -1,5 +1,6 @@
 """Building the Temporal workers: one for the saga's task queue, one for payments."""
 
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -9,6 +10,7 @@ from django.core import mail
 from django.template.loader import get_template
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from .. import adapters, broadcast
@@ -22,12 +24,31 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow]
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
+def workflow_runner(sandboxed: bool | None = None) -> WorkflowRunner:
+    """The sandbox (settings.WORKFLOW_SANDBOX, on by default) re-imports the workflow modules
+    for every workflow run; without it the workflows run as plain code, kept deterministic
+    by the replay tests only. bench/saga_latency.py measures both."""
+    if not (settings.WORKFLOW_SANDBOX if sandboxed is None else sandboxed):
+        return UnsandboxedWorkflowRunner()
+    _cache_workflow_bytecode()
     # The dataclasses and enums the workflow exchanges come from the real modules, so
-    # values crossing the sandbox boundary are the same classes on both sides.
+    # values crossing the sandbox boundary are the same classes on both sides; the
+    # policies are constants, passed through so they are not re-executed every run.
     return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules("orders.saga.shared", "orders.errors")
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(
+            "orders.saga.shared", "orders.saga.policies", "orders.errors",
+        )
     )
+
+
+def _cache_workflow_bytecode() -> None:
+    # The sandbox imports order_saga.py afresh for every workflow run. Where
+    # PYTHONDONTWRITEBYTECODE is set (these machines, some containers) there is no .pyc, so
+    # each run compiled the module from source again (5 ms for order_saga.py, per saga and
+    # per tracker). Bytecode goes to the var dir, not next to the sources.
+    if sys.dont_write_bytecode:
+        sys.pycache_prefix = sys.pycache_prefix or str(settings.VAR_DIR / "pycache")
+        sys.dont_write_bytecode = False
 
 
 def import_at_start() -> None:
@@ -46,6 +67,7 @@ def build_workers(
     queues: tuple[str, ...] = ("orders", "payments"),
     executor: ThreadPoolExecutor | None = None,
     activity_overrides: Mapping[str, Callable] | None = None,
+    sandboxed: bool | None = None,
 ) -> list[Worker]:
     """Workers for the queues asked for ('orders' runs workflows and the activities that
     touch only our database or the carrier; 'payments' runs charges and refunds).
@@ -72,7 +94,7 @@ def build_workers(
                 workflows=WORKFLOWS,
                 activities=with_overrides(ORDERS_QUEUE_ACTIVITIES),
                 activity_executor=executor,
-                workflow_runner=workflow_runner(),
+                workflow_runner=workflow_runner(sandboxed),
                 max_concurrent_activities=24,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             )
