@@ -52,7 +52,7 @@ def _flagged_sagas() -> list[Condition]:
     # The same flags the flagged-sagas card shows: a saga that moved again drops off at once.
     flags = (
         StallFlag.objects.filter(cleared_at=None).exclude(flags_moved_or_finished())
-        .select_related("order").only("pk", "kind", "detail", "order__pk", "order__number").order_by("order_id")
+        .select_related("order").only("pk", "kind", "detail", "order_id", "order__number").order_by("order_id")
     )
     return [
         Condition(kind=Kind.SAGA_FLAGGED, key=str(flag.order_id), order_id=flag.order_id,
@@ -65,7 +65,7 @@ def _overdue_followups(now: datetime) -> list[Condition]:
     cutoff = now - timedelta(minutes=settings.ALERTS_FOLLOWUP_AGE_MINUTES)
     followups = (
         FollowUp.objects.filter(state=FollowUp.State.OPEN, created_at__lte=cutoff)
-        .select_related("order").only("pk", "reason", "created_at", "order__pk", "order__number").order_by("pk")
+        .select_related("order").only("pk", "reason", "created_at", "order_id", "order__number").order_by("pk")
     )
     # Keyed by the follow-up: a new one for the same order later is a new incident.
     return [
