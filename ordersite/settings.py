@@ -221,6 +221,11 @@ ALERTS_EMAIL_TO = [a.strip() for a in os.environ.get("ALERTS_EMAIL_TO", "").spli
 ALERTS_SEND_MAX_ATTEMPTS = int(os.environ.get("ALERTS_SEND_MAX_ATTEMPTS", "60"))
 if ALERTS_WEBHOOK_URL and not ALERTS_WEBHOOK_URL.startswith(("http://", "https://")):
     raise ImproperlyConfigured(f"ALERTS_WEBHOOK_URL must be an http:// or https:// URL, not {ALERTS_WEBHOOK_URL!r}.")
+_bad_alert_addresses = [a for a in ALERTS_EMAIL_TO if "@" not in a or " " in a]
+if _bad_alert_addresses:
+    raise ImproperlyConfigured(
+        f"ALERTS_EMAIL_TO must be comma-separated email addresses; not addresses: {', '.join(_bad_alert_addresses)}"
+    )
 if ALERTS_MAX_PER_HOUR < 1:
     raise ImproperlyConfigured("ALERTS_MAX_PER_HOUR must be at least 1 (the summary message needs one).")
 CELERY_BEAT_SCHEDULE["alerts-check"] = {

@@ -375,3 +375,29 @@ def test_a_bad_webhook_url_refuses_to_start_with_a_clear_message(tmp_path):
     result = _manage(tmp_path, "check", SANDBOX_ENABLED="1", ALERTS_WEBHOOK_URL="hooks.slack.com/services/x")
     assert result.returncode != 0
     assert "ALERTS_WEBHOOK_URL must be an http:// or https:// URL" in result.stderr
+
+
+def test_bad_alert_addresses_refuse_to_start_with_a_clear_message(tmp_path):
+    from .test_sandbox_app import _manage
+
+    result = _manage(tmp_path, "check", SANDBOX_ENABLED="1", ALERTS_EMAIL_TO="ops@example.com, on-call team")
+    assert result.returncode != 0
+    assert "ALERTS_EMAIL_TO must be comma-separated email addresses; not addresses: on-call team" in result.stderr
+
+
+def test_admin_lists_cost_the_same_queries_with_more_incidents(client_as, settings):
+    settings.ALERTS_EMAIL_TO = ["staff@example.com"]
+    client = client_as("viewer")
+
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    urls = [reverse("admin:ops_alertincident_changelist"), reverse("admin:ops_alertmessage_changelist")]
+    stuck_orders(2)
+    check()
+    few = [queries(url) for url in urls]
+    stuck_orders(10)
+    check()
+    assert [queries(url) for url in urls] == few

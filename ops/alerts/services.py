@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from ..models import AlertIncident, AlertMessage
@@ -100,7 +100,8 @@ def alert_messages_queue(*, now: datetime) -> int:
         due = list(
             AlertIncident.objects.select_for_update()
             .filter(resolved_at=None).filter(Q(last_sent_at=None) | Q(last_sent_at__lte=repeat_before))
-            .order_by("opened_at", "id")
+            # Never-sent incidents before repeats, so a full hour's budget goes to news first.
+            .order_by(F("last_sent_at").asc(nulls_first=True), "opened_at", "id")
         )
         if not due:
             return 0
