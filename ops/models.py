@@ -126,6 +126,8 @@ class ReconciliationRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # The alerts check reads the latest finished run every minute.
+        indexes = [models.Index(fields=["state", "-finished_at"], name="reconrun_state_finished")]
 
     @property
     def clean(self) -> bool:

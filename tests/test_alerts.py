@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from asgiref.sync import sync_to_async
 from django.core import mail
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -401,3 +401,30 @@ def test_admin_lists_cost_the_same_queries_with_more_incidents(client_as, settin
     stuck_orders(10)
     check()
     assert [queries(url) for url in urls] == few
+
+
+def _plan_reads_by_index(queryset, table: str) -> str:
+    """The query plan, with sequential scans made as costly as the planner allows: if the
+    table is still read whole, no index can serve the query."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = queryset.explain()
+    if connection.vendor == "postgresql":
+        assert f"Seq Scan on {table}" not in plan, plan
+    else:  # SQLite: a whole-table read is "SCAN <table>" without "USING ... INDEX"
+        lines = [line for line in plan.splitlines() if f" {table}" in line]
+        assert lines and all("INDEX" in line for line in lines), plan
+    return plan
+
+
+def test_each_condition_is_read_through_an_index():
+    from ops.alerts import conditions
+
+    now = timezone.now()
+    _plan_reads_by_index(conditions.stuck_sagas_query(), "orders_order")
+    _plan_reads_by_index(conditions.flagged_sagas_query(), "ops_stallflag")
+    _plan_reads_by_index(conditions.overdue_followups_query(now), "orders_followup")
+    _plan_reads_by_index(conditions.latest_finished_run_query()[:1], "ops_reconciliationrun")
+    _plan_reads_by_index(AlertIncident.objects.filter(resolved_at=None), "ops_alertincident")

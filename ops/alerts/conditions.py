@@ -32,14 +32,17 @@ class Condition:
     order_id: int | None = None
 
 
-def _stuck_sagas() -> list[Condition]:
-    orders = (
+def stuck_sagas_query():
+    return (
         Order.objects.filter(saga_status__in=[SagaStatus.STUCK, SagaStatus.COMPENSATION_STUCK])
         .only("pk", "number", "saga_status", "current_step", "last_error", "stuck_since")
         .order_by("pk")
     )
+
+
+def _stuck_sagas() -> list[Condition]:
     found = []
-    for order in orders:
+    for order in stuck_sagas_query():
         kind = Kind.SAGA_STUCK if order.saga_status == SagaStatus.STUCK else Kind.COMPENSATION_STUCK
         found.append(Condition(
             kind=kind, key=str(order.pk), order_id=order.pk, title=presenters.stuck_title(order, kind),
@@ -48,12 +51,16 @@ def _stuck_sagas() -> list[Condition]:
     return found
 
 
-def _flagged_sagas() -> list[Condition]:
+def flagged_sagas_query():
     # The same flags the flagged-sagas card shows: a saga that moved again drops off at once.
-    flags = (
+    return (
         StallFlag.objects.filter(cleared_at=None).exclude(flags_moved_or_finished())
         .select_related("order").only("pk", "kind", "detail", "order_id", "order__number").order_by("order_id")
     )
+
+
+def _flagged_sagas() -> list[Condition]:
+    flags = flagged_sagas_query()
     return [
         Condition(kind=Kind.SAGA_FLAGGED, key=str(flag.order_id), order_id=flag.order_id,
                   title=presenters.flagged_title(flag), detail=flag.detail, url=presenters.order_url(flag.order_id))
@@ -61,12 +68,17 @@ def _flagged_sagas() -> list[Condition]:
     ]
 
 
-def _overdue_followups(now: datetime) -> list[Condition]:
+def overdue_followups_query(now: datetime):
     cutoff = now - timedelta(minutes=settings.ALERTS_FOLLOWUP_AGE_MINUTES)
-    followups = (
+    return (
         FollowUp.objects.filter(state=FollowUp.State.OPEN, created_at__lte=cutoff)
-        .select_related("order").only("pk", "reason", "created_at", "order_id", "order__number").order_by("pk")
+        .select_related("order").only("pk", "reason", "created_at", "order_id", "order__number")
+        .order_by("created_at", "pk")
     )
+
+
+def _overdue_followups(now: datetime) -> list[Condition]:
+    followups = overdue_followups_query(now)
     # Keyed by the follow-up: a new one for the same order later is a new incident.
     return [
         Condition(kind=Kind.FOLLOWUP_OVERDUE, key=str(f.pk), order_id=f.order_id,
@@ -75,12 +87,16 @@ def _overdue_followups(now: datetime) -> list[Condition]:
     ]
 
 
+def latest_finished_run_query():
+    return (
+        ReconciliationRun.objects.filter(state=ReconciliationRun.State.FINISHED)
+        .only("pk", "finished_at", "overflow").order_by("-finished_at", "-id")
+    )
+
+
 def _reconciliation_discrepancies() -> list[Condition]:
     # Only the latest finished run counts: a later clean run resolves what an earlier one found.
-    run = (
-        ReconciliationRun.objects.filter(state=ReconciliationRun.State.FINISHED)
-        .only("pk", "finished_at", "overflow").order_by("-finished_at", "-id").first()
-    )
+    run = latest_finished_run_query().first()
     if run is None:
         return []
     # order_by() drops the model's ordering, which would otherwise split the groups by id.
