@@ -33,6 +33,8 @@ from .conftest import order_state, wait_for
 from .factories import make_order, make_product
 from .saga_states import order_running, order_stuck
 
+# The celery_worker fixture, defined once for all modules that use it.
+pytest_plugins = ["tests.background_fixtures"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Kind = AlertIncident.Kind
@@ -339,15 +341,30 @@ def test_the_check_costs_the_same_few_queries_whatever_the_number_of_incidents(w
 # --- Celery, admin, settings -------------------------------------------------------------------
 
 
-def test_beat_runs_the_check_by_name_every_interval(settings, webhook):
-    from ops import jobs, tasks
+def test_beat_queues_the_check_by_name_and_a_real_worker_runs_it(celery_worker, settings, webhook):
+    from celery import current_app
+
+    from ops import jobs
 
     entry = settings.CELERY_BEAT_SCHEDULE["alerts-check"]
-    assert entry["task"] == jobs.ALERTS_CHECK == tasks.alerts_check.name
+    assert entry["task"] == jobs.ALERTS_CHECK and entry["schedule"] == settings.ALERTS_INTERVAL_SECONDS
     stuck_orders(1)
-    assert tasks.alerts_check.run()["messages"] == 1
+    assert current_app.send_task(entry["task"]).get(timeout=60)["messages"] == 1
+    assert len(webhook.bodies) == 1
+
+
+def test_a_check_already_running_or_alerts_off_sends_nothing(settings, webhook):
+    from ops import tasks
+
+    stuck_orders(1)
+    with tasks.single_flight("alerts-check", ttl=30) as lock:
+        assert lock is not None
+        assert tasks.alerts_check.run() == {"skipped": "another alerts check is running"}
     settings.ALERTS_ENABLED = False
-    assert "skipped" in tasks.alerts_check.run()
+    assert tasks.alerts_check.run() == {"skipped": "ALERTS_ENABLED is off"}
+    assert webhook.bodies == []
+    settings.ALERTS_ENABLED = True
+    assert tasks.alerts_check.run()["messages"] == 1
 
 
 @pytest.mark.parametrize("role", ["viewer", "support", "operator"])
