@@ -52,16 +52,22 @@ def incidents_sync(*, conditions: list[Condition], now: datetime) -> tuple[int, 
                           url=c.url[:500], opened_at=now, last_seen_at=now)
             for ident, c in found.items() if ident not in open_incidents
         ]
-        seen = []
+        seen, changed = [], []
         for ident, incident in open_incidents.items():
             condition = found.get(ident)
-            if condition is not None:
-                incident.title, incident.detail, incident.url = condition.title[:300], condition.detail, condition.url[:500]
-                incident.last_seen_at = now
-                seen.append(incident)
+            if condition is None:
+                continue
+            seen.append(incident.pk)
+            # Rewritten only when the words moved on (a newer error, a newer reconciliation run):
+            # an outage with thousands of stuck sagas must not rewrite thousands of rows a minute.
+            words = (condition.title[:300], condition.detail, condition.url[:500])
+            if words != (incident.title, incident.detail, incident.url):
+                incident.title, incident.detail, incident.url = words
+                changed.append(incident)
         gone = [i.pk for ident, i in open_incidents.items() if ident not in found]
         AlertIncident.objects.bulk_create(new)
-        AlertIncident.objects.bulk_update(seen, ["title", "detail", "url", "last_seen_at"])
+        AlertIncident.objects.bulk_update(changed, ["title", "detail", "url"], batch_size=500)
+        AlertIncident.objects.filter(pk__in=seen).update(last_seen_at=now)
         AlertIncident.objects.filter(pk__in=gone, resolved_at=None).update(resolved_at=now)
     return len(new), len(gone)
 
