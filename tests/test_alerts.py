@@ -25,7 +25,7 @@ from ops.stalls.classify import Finding, Kind as StallKind
 from ops.stalls.services import stall_flags_record
 from orders.models import FollowUp, Order, Product
 from orders.services.saga import saga_step_started
-from orders.status import SagaStatus
+from orders.status import OrderStatus, SagaStatus
 from ops.services import saga_retry
 from sandbox.adapters import sandbox_outage_set
 
@@ -445,3 +445,19 @@ def test_each_condition_is_read_through_an_index():
     _plan_reads_by_index(conditions.overdue_followups_query(now), "orders_followup")
     _plan_reads_by_index(conditions.latest_finished_run_query()[:1], "ops_reconciliationrun")
     _plan_reads_by_index(AlertIncident.objects.filter(resolved_at=None), "ops_alertincident")
+
+
+def test_an_outage_with_two_thousand_stuck_sagas_sends_the_hours_budget_and_counts_the_rest(webhook, settings):
+    from .background_support import healthy_orders_create, order_rows_create
+
+    healthy_orders_create(5000)
+    order_rows_create(2000, saga_status=SagaStatus.STUCK, status=OrderStatus.PROCESSING)
+    result = check()
+    assert (result.opened, result.messages, result.delivered) == (2000, 20, 20)
+    assert webhook.bodies[-1]["text"].startswith("1981 more alerts (over the limit of 20 messages an hour)")
+    assert "1981 × saga stuck" in webhook.bodies[-1]["text"]
+    # Every incident is in exactly one message; the next check finds nothing new to send.
+    assert AlertMessage.incidents.through.objects.count() == 2000
+    assert AlertIncident.objects.filter(sends=1).count() == 2000
+    assert check().messages == 0
+    assert len(webhook.bodies) == 20
