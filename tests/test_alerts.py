@@ -372,11 +372,14 @@ def test_staff_roles_see_incidents_in_the_admin_read_only_with_the_settings(clie
     settings.ALERTS_EMAIL_TO = ["staff@example.com"]
     order = stuck_orders(1)[0]
     check()
+    # A chat webhook's path is its secret: the admin shows the host only.
+    settings.ALERTS_WEBHOOK_URL = "https://hooks.example/services/T000/B000/SECRET"
     client = client_as(role)
     url = reverse("admin:ops_alertincident_changelist")
     page = client.get(url).content.decode()
     assert f"Order {order.number} stuck at charge payment" in page
     assert "staff@example.com" in page and "ALERTS_REPEAT_MINUTES" in page
+    assert "https://hooks.example/" in page and "SECRET" not in page
     assert client.get(url + "?kind__exact=saga_flagged").content.decode().count("stuck at charge") == 0
     assert client.get(url + "?state=open").status_code == 200
     incident = AlertIncident.objects.get()
