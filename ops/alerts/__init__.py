@@ -9,6 +9,7 @@
 - services.py: writes. One check: incidents opened, refreshed or resolved; messages written
   to the outbox (once per incident, again after ALERTS_REPEAT_MINUTES, within
   ALERTS_MAX_PER_HOUR with a summary beyond it); the outbox delivered per channel.
+- admin.py: the read-only incident and message lists, with the settings in force.
 
 ops.tasks.alerts_check (Celery beat, every ALERTS_INTERVAL_SECONDS) calls services.alerts_check.
 """
