@@ -1,4 +1,5 @@
-"""Django admin for products, orders, follow-ups and the audit log of operator actions.
+"""Django admin for products, orders, follow-ups and the audit log of operator actions (alerts:
+ops/alerts/admin.py).
 
 The admin is a staff surface, so it lives in ops (the sandbox's outage switch stays with
 the sandbox: sandbox.admin). It never edits what the saga owns. Orders, their ledgers,
@@ -306,3 +307,8 @@ class OperatorActionAdmin(ViewOnlyAdmin):
     fields = readonly_fields = [
         "created_at", "updated_at", "order", "action", "actor", "reason", "outcome", "outcome_detail",
     ]
+
+
+# Alert incidents and messages: their admin lives with them (ops/alerts/admin.py), imported
+# here because Django's autodiscovery imports only this module.
+from .alerts import admin as _alerts_admin  # noqa: E402,F401

@@ -15,6 +15,7 @@ STALLED_SAGA_SWEEP = "ops.tasks.stalled_saga_sweep"
 RECONCILIATION_NIGHTLY = "ops.tasks.reconciliation_nightly"
 RECONCILIATION_RUN = "ops.tasks.reconciliation_run"
 BULK_OPERATION_RUN = "ops.tasks.bulk_operation_run"
+ALERTS_CHECK = "ops.tasks.alerts_check"
 
 
 def job_enqueue_on_commit(task_name: str, *args) -> None:

@@ -126,6 +126,8 @@ class ReconciliationRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # The alerts check reads the latest finished run every minute.
+        indexes = [models.Index(fields=["state", "-finished_at"], name="reconrun_state_finished")]
 
     @property
     def clean(self) -> bool:
@@ -225,3 +227,92 @@ class BulkOperationItem(models.Model):
             models.UniqueConstraint(fields=["operation", "order"], name="bulkitem_once_per_order"),
         ]
         indexes = [models.Index(fields=["operation", "state", "id"], name="bulkitem_operation_state")]
+
+
+# --- alerts (ops.alerts): incidents staff are told about, and the messages that told them ---
+
+
+class AlertIncident(models.Model):
+    """One occurrence of a condition staff must hear about (a stuck saga, say), from the check
+    that first saw it to the one that no longer did.
+
+    At most one open incident per kind and key (resolved_at is null), so however many checks
+    see the same stuck saga, staff are told about it once (and again after the repeat interval).
+    """
+
+    class Kind(models.TextChoices):
+        SAGA_STUCK = "saga_stuck", "saga stuck"
+        COMPENSATION_STUCK = "compensation_stuck", "compensation stuck"
+        SAGA_FLAGGED = "saga_flagged", "saga flagged by the sweeper"
+        FOLLOWUP_OVERDUE = "followup_overdue", "follow-up waiting too long"
+        RECONCILIATION = "reconciliation", "reconciliation discrepancy"
+
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    # What the incident is about within its kind: an order id, a follow-up id, a discrepancy kind.
+    key = models.CharField(max_length=100)
+    order = models.ForeignKey(Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    title = models.CharField(max_length=300)
+    detail = models.TextField(blank=True)
+    # Absolute link to the page staff act on (PUBLIC_BASE_URL + the order or queue URL).
+    url = models.CharField(max_length=500, blank=True)
+    opened_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    # When it was last put in a message (null: never yet, e.g. no channel configured or over the rate limit).
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    sends = models.PositiveIntegerField(default=0)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "key"], condition=models.Q(resolved_at=None), name="alertincident_one_open_per_key"
+            ),
+        ]
+        indexes = [models.Index(fields=["-opened_at", "-id"], name="alertincident_opened")]
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.title}"
+
+
+class AlertMessage(models.Model):
+    """A message about one incident (or a summary of many), written before it is sent: an
+    outbox. Each channel's state is kept apart, so a channel that failed is retried on the
+    next check and one that succeeded is never sent again."""
+
+    class Delivery(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed", "failed (gave up)"
+        OFF = "off", "channel not configured"
+
+    created_at = models.DateTimeField()
+    summary = models.BooleanField(default=False)
+    incidents = models.ManyToManyField(AlertIncident, related_name="messages")
+    subject = models.CharField(max_length=300)
+    text = models.TextField()
+    blocks = models.JSONField(default=list)
+    webhook_state = models.CharField(max_length=10, choices=Delivery.choices)
+    email_state = models.CharField(max_length=10, choices=Delivery.choices)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The rate limit counts the last hour's messages.
+            models.Index(fields=["created_at"], name="alertmessage_created"),
+            # Undelivered messages are few; a partial index keeps finding them cheap.
+            models.Index(
+                fields=["id"], name="alertmessage_pending",
+                condition=models.Q(webhook_state="pending") | models.Q(email_state="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject

@@ -5,7 +5,11 @@ from django.contrib.auth.models import Group, Permission
 VIEWER, SUPPORT, OPERATOR, ADMIN = "viewer", "support", "operator", "admin"
 ROLES = (VIEWER, SUPPORT, OPERATOR, ADMIN)
 
-_VIEW = ["orders.view_order", "orders.view_sagaevent", "orders.view_followup", "orders.view_operatoraction"]
+_VIEW = [
+    "orders.view_order", "orders.view_sagaevent", "orders.view_followup", "orders.view_operatoraction",
+    # Alert incidents and the messages sent about them (the admin's read-only lists).
+    "ops.view_alertincident", "ops.view_alertmessage",
+]
 ROLE_PERMISSIONS = {
     VIEWER: _VIEW,
     SUPPORT: [*_VIEW, "ops.work_followups", "orders.change_followup"],

@@ -1,7 +1,7 @@
 """Celery tasks for background operations: thin, idempotent, retried on transient failures.
 
-Each loads by id (or takes nothing) and calls one service in ops.stalls, ops.reconciliation
-or ops.bulk; those never import this module (they queue work by name, see ops.jobs).
+Each loads by id (or takes nothing) and calls one service in ops.stalls, ops.reconciliation,
+ops.bulk or ops.alerts; those never import this module (they queue work by name, see ops.jobs).
 Tasks that must not overlap hold a Redis lock that expires on its own, so a worker that
 dies mid-task never blocks the next run for long.
 """
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from . import bulk, jobs, reconciliation
+from .alerts import services as alerts
 from .models import ReconciliationRun
 from .stalls import services as stalls
 from .stalls.inspect import TemporalUnavailable
@@ -88,3 +89,16 @@ def bulk_operation_run(operation_id: int) -> dict:
             raise LockBusy(f"bulk operation {operation_id} is being executed elsewhere")
         operation = bulk.bulk_operation_execute(operation_id=operation_id, heartbeat=lock.reacquire)
         return {"operation": operation.pk, "done": operation.done, "failed": operation.failed}
+
+
+@shared_task(name=jobs.ALERTS_CHECK, autoretry_for=(OperationalError, InterfaceError), retry_backoff=5,
+             retry_backoff_max=30, max_retries=2)
+def alerts_check() -> dict:
+    if not settings.ALERTS_ENABLED:
+        return {"skipped": "ALERTS_ENABLED is off"}
+    # Two checks at once could both find an incident due; the outbox then has it once per
+    # check. The lock outlives a check slowed by a webhook timing out on every channel.
+    with single_flight("alerts-check", ttl=max(settings.ALERTS_INTERVAL_SECONDS * 5, 300)) as lock:
+        if lock is None:
+            return {"skipped": "another alerts check is running"}
+        return alerts.alerts_check().as_dict()

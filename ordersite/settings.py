@@ -202,6 +202,39 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
 }
 
+# --- alerts (ops.alerts): staff told by webhook and/or email when sagas need them -------------
+# A Celery beat task looks for the conditions every ALERTS_INTERVAL_SECONDS; each open
+# incident is sent once, again only while still open after ALERTS_REPEAT_MINUTES; at most
+# ALERTS_MAX_PER_HOUR messages an hour (the rest go out as one summary). With neither
+# channel set, incidents are still tracked and listed in the admin, but nothing is sent.
+ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
+ALERTS_INTERVAL_SECONDS = env_float("ALERTS_INTERVAL_SECONDS", 60)
+ALERTS_FOLLOWUP_AGE_MINUTES = env_float("ALERTS_FOLLOWUP_AGE_MINUTES", 60)
+ALERTS_REPEAT_MINUTES = env_float("ALERTS_REPEAT_MINUTES", 240)
+ALERTS_MAX_PER_HOUR = int(os.environ.get("ALERTS_MAX_PER_HOUR", "20"))
+# Slack-compatible incoming webhook ({"text": ..., "blocks": [...]}, see the README).
+ALERTS_WEBHOOK_URL = os.environ.get("ALERTS_WEBHOOK_URL", "")
+ALERTS_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERTS_WEBHOOK_TIMEOUT_SECONDS", 5)
+# Comma-separated staff addresses; sent through Django's EMAIL_BACKEND.
+ALERTS_EMAIL_TO = [a.strip() for a in os.environ.get("ALERTS_EMAIL_TO", "").split(",") if a.strip()]
+# A message whose channel keeps failing is tried on this many runs, then kept as failed (admin).
+ALERTS_SEND_MAX_ATTEMPTS = int(os.environ.get("ALERTS_SEND_MAX_ATTEMPTS", "60"))
+if ALERTS_WEBHOOK_URL and not ALERTS_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"ALERTS_WEBHOOK_URL must be an http:// or https:// URL, not {ALERTS_WEBHOOK_URL!r}.")
+_bad_alert_addresses = [a for a in ALERTS_EMAIL_TO if "@" not in a or " " in a]
+if _bad_alert_addresses:
+    raise ImproperlyConfigured(
+        f"ALERTS_EMAIL_TO must be comma-separated email addresses; not addresses: {', '.join(_bad_alert_addresses)}"
+    )
+if ALERTS_MAX_PER_HOUR < 1:
+    raise ImproperlyConfigured("ALERTS_MAX_PER_HOUR must be at least 1 (the summary message needs one).")
+CELERY_BEAT_SCHEDULE["alerts-check"] = {
+    "task": "ops.tasks.alerts_check",
+    "schedule": ALERTS_INTERVAL_SECONDS,
+    # A check left queued past the next one is pointless: drop it.
+    "options": {"expires": ALERTS_INTERVAL_SECONDS * 0.9},
+}
+
 # --- temporal ---------------------------------------------------------------------------
 TEMPORAL_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
 TEMPORAL_NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
