@@ -37,10 +37,12 @@ def workflow_runner(sandboxed: bool | None = None) -> WorkflowRunner:
     _cache_workflow_bytecode()
     # The dataclasses and enums the workflow exchanges come from the real modules, so
     # values crossing the sandbox boundary are the same classes on both sides; the
-    # policies are constants, passed through so they are not re-executed every run.
+    # policies are constants, passed through so they are not re-executed every run. The
+    # metrics (reached through the activities module's imports) must never be defined twice:
+    # a second definition in the registry raises.
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "orders.saga.shared", "orders.saga.policies", "orders.errors",
+            "orders.saga.shared", "orders.saga.policies", "orders.errors", "orders.metrics", "prometheus_client",
         )
     )
 

@@ -163,7 +163,7 @@ def _transition_measure(transition: SagaTransition, order: Order, action: str | 
     status = transition.saga_status or ""
     if status in TERMINAL_SAGA_STATUSES:
         metrics.saga_finished(outcome=status, seconds=(timezone.now() - order.created_at).total_seconds())
-    elif status in STUCK_SAGA_STATUSES or status == SagaStatus.NEEDS_FOLLOWUP:
+    elif status in STUCK_SAGA_STATUSES:  # (a follow-up is counted where it opens: notifications.py)
         metrics.saga_stuck(step=transition.step or "", saga_status=status)
     if action is not None and transition.action_outcome:
         metrics.operator_answer(action=action, outcome=transition.action_outcome)
