@@ -38,3 +38,17 @@ def test_the_unit_tests_catch_a_wrong_threshold(tmp_path):
     (tmp_path / "alerts_test.yml").write_text((DEPLOY / "alerts_test.yml").read_text())
     done = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert done.returncode != 0 and "FollowUpOverdue" in done.stdout + done.stderr
+
+
+def test_grafana_dashboard_queries_parse(tmp_path):
+    """Every query of the provisioned dashboard is valid PromQL (checked as recording rules)."""
+    import json
+
+    dashboard = json.loads((DEPLOY.parent / "grafana" / "dashboards" / "order-sagas.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) > 20 and any("temporal_" in e for e in exprs) and any("ordersite_saga" in e for e in exprs)
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{i}", "expr": expr} for i, expr in enumerate(exprs)]}]}
+    (tmp_path / "dashboard_rules.yml").write_text(json.dumps(rules))  # JSON is YAML
+    done = promtool("check", "rules", "dashboard_rules.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
