@@ -257,3 +257,35 @@ def test_metrics_off_records_nothing(db, settings):
     settings.METRICS_ENABLED = True
     metrics.step_attempt_observe(step="validate", compensation=False, outcome="off-check", seconds=0.1)
     assert metrics.STEP_ATTEMPTS.labels("validate", "step", "off-check")._value.get() == before + 1
+
+
+async def test_live_socket_metrics(metrics_on, staff_user):
+    """Open sockets, frames sent and the delay from a saga event's commit to its frame."""
+    from orders.live import reader_connection_close
+
+    from .test_order_consumers import new_order, record_event
+    from .websockets import open_socket, receive_until
+
+    viewer = await sync_to_async(staff_user)("viewer")
+    order = await sync_to_async(new_order)(running_at="charge")
+    before = await sync_to_async(web_scrape)()
+    communicator = await open_socket(f"/ws/orders/{order.pk}/", viewer)
+    try:
+        await communicator.receive_from(timeout=5)  # the page on connect
+        opened = await sync_to_async(web_scrape)()
+        assert delta(before, opened, "ordersite_websockets_open", consumer="OrderDetailConsumer") == 1
+        detail = f"Charged 10.00 EUR (ref-{uuid.uuid4().hex[:8]})"
+        await sync_to_async(record_event)(order.pk, step="charge", kind="succeeded", detail=detail)
+        await receive_until(communicator, detail)
+        after = await sync_to_async(web_scrape)()
+    finally:
+        await communicator.disconnect()
+        await sync_to_async(reader_connection_close)()
+    assert delta(before, after, "ordersite_websocket_frames_sent_total", consumer="OrderDetailConsumer") == 2
+    # One frame answered a committed event: its delay is measured, and it is short.
+    assert delta(before, after, "ordersite_websocket_commit_to_frame_seconds_count", consumer="OrderDetailConsumer") == 1
+    assert 0 < delta(before, after, "ordersite_websocket_commit_to_frame_seconds_sum",
+                     consumer="OrderDetailConsumer") < 5
+    closed = await sync_to_async(web_scrape)()
+    assert value(closed, "ordersite_websockets_open", consumer="OrderDetailConsumer") == value(
+        before, "ordersite_websockets_open", consumer="OrderDetailConsumer")
