@@ -227,6 +227,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if html:
             await self.send(text_data=html)
+        else:
+            self._pending_commit = None  # the event needed no frame: nothing to time
 
     def coalesce(self, send: Callable[[float], Awaitable[None]]) -> None:
         """Answer a burst of events with one `send(requested_at)` COALESCE_SECONDS after its

@@ -8,6 +8,7 @@ within HEALTH_CHECK_TIMEOUT_SECONDS each (checked at once); 503 when one does no
 """
 
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
@@ -28,7 +29,11 @@ _pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
 
 
 def database_check(timeout: float) -> None:
+    # A connection of its own (this thread's), with the probe's connect timeout on Postgres.
     connection = connections.create_connection("default")
+    if connection.vendor == "postgresql":
+        options = {**connection.settings_dict.get("OPTIONS", {}), "connect_timeout": max(1, math.ceil(timeout))}
+        connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
