@@ -289,3 +289,38 @@ async def test_live_socket_metrics(metrics_on, staff_user):
     closed = await sync_to_async(web_scrape)()
     assert value(closed, "ordersite_websockets_open", consumer="OrderDetailConsumer") == value(
         before, "ordersite_websockets_open", consumer="OrderDetailConsumer")
+
+
+async def test_run_worker_serves_both_ports_and_answers_its_probe(transactional_db, temporal_server, settings):
+    """A real `manage.py run_worker` process, as production starts it: our metrics and the
+    SDK's, each on its own port, after a saga it ran; `worker_health` answers 0 against it."""
+    import subprocess
+    import sys
+
+    from .worker_processes import ROOT, start_worker_process, stop, worker_env
+
+    app_port, sdk_port = free_port(), free_port()
+    suffix = uuid.uuid4().hex[:8]
+    settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE = f"orders-{suffix}", f"payments-{suffix}"
+    env = worker_env(temporal_address=temporal_server.address, orders_queue=settings.SAGA_TASK_QUEUE,
+                     payments_queue=settings.PAYMENTS_TASK_QUEUE, METRICS_ENABLED="1",
+                     WORKER_METRICS_ADDRESS=f"127.0.0.1:{app_port}",
+                     TEMPORAL_SDK_METRICS_ADDRESS=f"127.0.0.1:{sdk_port}")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    worker = start_worker_process(["manage.py", "run_worker"], env)
+    try:
+        order = await sync_to_async(make_order)()
+        client = await Client.connect(temporal_server.address)
+        assert await asyncio.wait_for(client.get_workflow_handle(order.workflow_id).result(), 60) == "completed"
+        app = samples(await asyncio.to_thread(http_scrape, app_port))
+        sdk = samples(await asyncio.to_thread(http_scrape, sdk_port))
+        probe = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "manage.py", "worker_health", "worker", "--address",
+                             f"127.0.0.1:{app_port}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        output = stop(worker)
+    assert value(app, "ordersite_saga_step_attempts_total", step="notify", kind="step", outcome="succeeded") == 1
+    assert value(app, "ordersite_sagas_finished_total", outcome="completed") == 1
+    assert any(name == "temporal_workflow_completed_total" and dict(labels)["task_queue"] == settings.SAGA_TASK_QUEUE
+               for name, labels in sdk), output[-2000:]
+    assert probe.returncode == 0, probe.stderr
