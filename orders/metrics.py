@@ -260,8 +260,24 @@ class Exposition:
             yield from multiprocess.MultiProcessCollector(None).collect()
         else:
             yield from REGISTRY.collect()
+        if not self.collectors:
+            return
+        # Read from the database: when it is down, the process's own samples still go out,
+        # and ordersite_scrape_collector_up says which part is missing.
+        up = GaugeMetricFamily(f"{PREFIX}_scrape_collector_up",
+                               "1 when a collector read at scrape time (from the database) worked.",
+                               labels=["collector"])
         for collector in self.collectors:
-            yield from collector.collect()
+            name = type(collector).__name__
+            try:
+                families = list(collector.collect())
+            except Exception:
+                logger.warning("metrics: %s failed; its metrics are left out of this scrape", name, exc_info=True)
+                up.add_metric([name], 0)
+                continue
+            up.add_metric([name], 1)
+            yield from families
+        yield up
 
 
 def parse_address(address: str, default_port: int) -> tuple[str, int]:

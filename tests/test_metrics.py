@@ -324,3 +324,31 @@ async def test_run_worker_serves_both_ports_and_answers_its_probe(transactional_
     assert any(name == "temporal_workflow_completed_total" and dict(labels)["task_queue"] == settings.SAGA_TASK_QUEUE
                for name, labels in sdk), output[-2000:]
     assert probe.returncode == 0, probe.stderr
+
+
+def test_web_metrics_without_the_database_still_serve_the_process_samples(transactional_db, metrics_on, monkeypatch):
+    """The database-backed gauges are left out (and say so); the scrape itself works."""
+    from django.db import connection
+
+    healthy = web_scrape()
+    assert value(healthy, "ordersite_scrape_collector_up", collector="SagaStateCollector") == 1
+    assert value(healthy, "ordersite_scrape_collector_up", collector="BackgroundStateCollector") == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    connection.close()
+    if connection.vendor == "sqlite":
+        monkeypatch.setitem(connection.settings_dict, "NAME", "/nonexistent-dir/metrics/db.sqlite3")
+    else:
+        monkeypatch.setitem(connection.settings_dict, "HOST", "127.0.0.1")
+        monkeypatch.setitem(connection.settings_dict, "PORT", str(closed))
+    try:
+        # The view itself uses no database (the token is a setting), so it answers.
+        down = web_scrape()
+    finally:
+        connection.close()
+        monkeypatch.undo()
+    assert value(down, "ordersite_scrape_collector_up", collector="SagaStateCollector") == 0
+    assert value(down, "ordersite_scrape_collector_up", collector="BackgroundStateCollector") == 0
+    assert not any(name == "ordersite_followups_open" for name, _ in down)
+    assert any(name == "ordersite_http_requests_total" for name, _ in down)
