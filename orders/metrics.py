@@ -217,6 +217,7 @@ class SagaStateCollector:
         from .status import STUCK_SAGA_STATUSES, SagaStatus
 
         now = timezone.now()
+        followups = FollowUp.objects.filter(state=FollowUp.State.OPEN).aggregate(n=Count("id"), since=Min("created_at"))
         waiting = [*sorted(STUCK_SAGA_STATUSES), SagaStatus.NEEDS_FOLLOWUP.value]
         counts = GaugeMetricFamily(f"{PREFIX}_sagas_waiting", "Sagas waiting for an operator now, by saga status.",
                                    labels=["saga_status"])
@@ -226,17 +227,17 @@ class SagaStateCollector:
         rows = {
             row["saga_status"]: row
             for row in Order.objects.filter(saga_status__in=waiting).values("saga_status")
-            .annotate(n=Count("id"), since=Min("stuck_since"), created=Min("created_at"))
+            .annotate(n=Count("id"), since=Min("stuck_since"))
         }
         for status in waiting:
             row = rows.get(status)
             counts.add_metric([status], row["n"] if row else 0)
-            since = row and (row["since"] or row["created"])
-            oldest.add_metric([status], (now - since).total_seconds() if since else 0.0)
+            # A stuck saga's wait starts at stuck_since; a follow-up's when it was opened.
+            since = followups["since"] if status == SagaStatus.NEEDS_FOLLOWUP else (row and row["since"])
+            oldest.add_metric([status], (now - since).total_seconds() if row and since else 0.0)
         yield counts
         yield oldest
 
-        followups = FollowUp.objects.filter(state=FollowUp.State.OPEN).aggregate(n=Count("id"), since=Min("created_at"))
         yield GaugeMetricFamily(f"{PREFIX}_followups_open", "Open follow-ups (customers not notified).",
                                 value=followups["n"])
         yield GaugeMetricFamily(

@@ -134,6 +134,7 @@ async def test_followup_and_operator_action_metrics(saga_env, metrics_on, operat
     assert value(waiting, "ordersite_sagas_waiting", saga_status="needs_followup") == 1
     assert value(waiting, "ordersite_followups_open") == 1
     assert value(waiting, "ordersite_followup_oldest_age_seconds") > 0
+    assert value(waiting, "ordersite_saga_stuck_oldest_age_seconds", saga_status="needs_followup") > 0
     assert delta(before, waiting, "ordersite_sagas_stuck_total", step="notify", saga_status="needs_followup") == 1
 
     await sync_to_async(followup_resolve)(order_id=order.pk, actor=operator_user, reason="phoned the customer")
@@ -143,6 +144,36 @@ async def test_followup_and_operator_action_metrics(saga_env, metrics_on, operat
     assert delta(before, after, "ordersite_saga_operator_answers_total", action="resolved", outcome="applied") == 1
     assert value(after, "ordersite_followups_open") == 0
     assert value(after, "ordersite_sagas_waiting", saga_status="needs_followup") == 0
+
+
+async def test_stuck_saga_metrics_until_the_operator_compensates(saga_env, metrics_on, operator_user, settings):
+    from ops.services import saga_compensate
+    from sandbox.adapters import sandbox_outage_set
+
+    settings.CIRCUIT_BREAKER_MIN_CALLS = 1000  # this saga gives up on its own attempts
+    before = await sync_to_async(web_scrape)()
+    await sync_to_async(sandbox_outage_set)("payment", active=True)
+    try:
+        order = await sync_to_async(make_order)()
+        await wait_for(lambda: Order.objects.get(pk=order.pk).saga_status == "stuck", message="stuck")
+        stuck = await sync_to_async(web_scrape)()
+    finally:
+        await sync_to_async(sandbox_outage_set)("payment", active=False)
+    assert value(stuck, "ordersite_sagas_waiting", saga_status="stuck") == 1
+    assert value(stuck, "ordersite_saga_stuck_oldest_age_seconds", saga_status="stuck") > 0
+    assert delta(before, stuck, "ordersite_sagas_stuck_total", step="charge", saga_status="stuck") == 1
+    failed = delta(before, stuck, "ordersite_saga_step_attempts_total", step="charge", kind="step", outcome="failed")
+    assert failed >= 2
+    assert delta(before, stuck, "ordersite_outside_call_errors_total", service="gateway", operation="charge",
+                 error="GatewayUnavailable") == failed
+
+    await sync_to_async(saga_compensate)(order_id=order.pk, actor=operator_user, reason="customer gave up")
+    assert await saga_env.result(order) == "compensated"
+    after = await sync_to_async(web_scrape)()
+    assert value(after, "ordersite_sagas_waiting", saga_status="stuck") == 0
+    assert delta(before, after, "ordersite_operator_actions_total", action="compensate", outcome="sent") == 1
+    assert delta(before, after, "ordersite_saga_operator_answers_total", action="compensate", outcome="applied") == 1
+    assert delta(before, after, "ordersite_sagas_finished_total", outcome="compensated") == 1
 
 
 def test_web_metrics_refused_without_the_token(db, settings):
