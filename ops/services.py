@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from orders.models import FollowUp, OperatorAction
 from orders.services.commands import ActionNotAllowed, operator_action_send
 
+from .metrics import operator_action_counted
 from .permissions import OPERATE_SAGAS, WORK_FOLLOWUPS
 
 __all__ = [
@@ -40,10 +41,20 @@ def operator_action_request(*, order_id: int, action: str, actor, reason: str = 
     if permission is None:
         raise ActionNotAllowed(f"Unknown action {action!r}.")
     if actor is None or not actor.has_perm(permission):
+        operator_action_counted(action=action, outcome="denied")
         raise PermissionDenied(f"You are not allowed to {Action(action).label} sagas.")
-    if action in (Action.RESEND, Action.RESOLVED):
-        _check_claim(order_id=order_id, actor=actor)
-    return operator_action_send(order_id=order_id, action=action, actor=actor, reason=reason)
+    try:
+        if action in (Action.RESEND, Action.RESOLVED):
+            _check_claim(order_id=order_id, actor=actor)
+        audit = operator_action_send(order_id=order_id, action=action, actor=actor, reason=reason)
+    except ActionNotAllowed:
+        operator_action_counted(action=action, outcome="refused")
+        raise
+    # Delivered or not; the saga's own answer (applied, ignored) is counted where it is
+    # recorded (orders.metrics.OPERATOR_ANSWERS).
+    failed = audit.outcome == OperatorAction.Outcome.FAILED
+    operator_action_counted(action=action, outcome="failed" if failed else "sent")
+    return audit
 
 
 def _check_claim(*, order_id: int, actor) -> None:

@@ -24,7 +24,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
-from . import async_bridge
+from . import async_bridge, metrics
 from .crashpoints import crash_point
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class _Publisher:
             self.queue.get_nowait()  # the oldest goes: pages want the newest state
             self.queue.task_done()
             self.dropped += 1
+            metrics.broadcast_dropped()
             self._log_drops()
         self.queue.put_nowait((groups, message))
         self.ensure_running()
@@ -88,6 +89,7 @@ class _Publisher:
                 self.published += 1
             except Exception:
                 self.failed += 1
+                metrics.broadcast_failed()
                 logger.warning("channel layer publish failed; pages will catch up on reconnect", exc_info=True)
             finally:
                 self.queue.task_done()
@@ -137,7 +139,13 @@ def publish(groups: list[str], message: dict) -> None:
 
 
 def publish_on_commit(groups: list[str], message: dict) -> None:
-    transaction.on_commit(lambda: publish(groups, message))
+    def committed():
+        # When it committed (wall clock: the frame may leave another process), for the
+        # commit-to-frame delay the live sockets measure.
+        message.setdefault("committed_at", time.time())
+        publish(groups, message)
+
+    transaction.on_commit(committed)
 
 
 async def _warm_up() -> None:

@@ -28,6 +28,8 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import InterfaceError, OperationalError, connection
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 # Close codes the page can tell apart: outside the codes (1006, 1011-1013) on which htmx's
@@ -164,11 +166,37 @@ class LiveConsumer(AsyncWebsocketConsumer):
     _coalesce_since: float | None = None
     _coalesce_task: asyncio.Task | None = None
 
+    _metrics_open = False
+    # When the oldest saga event not yet shown on this socket was committed (epoch seconds).
+    _pending_commit: float | None = None
+
     async def dispatch(self, message):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
+        committed_at = message.get("committed_at")
+        if committed_at is not None and self._pending_commit is None:
+            self._pending_commit = committed_at
         await handler(message)
+
+    # Metrics: open sockets, frames, and how long after its commit an event's frame leaves.
+    async def accept(self, subprotocol=None, headers=None):
+        await super().accept(subprotocol, headers)
+        if not self._metrics_open:
+            self._metrics_open = True
+            metrics.websocket_opened(type(self).__name__)
+
+    async def websocket_disconnect(self, message):
+        if self._metrics_open:
+            self._metrics_open = False
+            metrics.websocket_closed(type(self).__name__)
+        await super().websocket_disconnect(message)
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        if text_data is not None or bytes_data is not None:
+            committed_at, self._pending_commit = self._pending_commit, None
+            metrics.websocket_frame_sent(type(self).__name__, committed_at)
 
     async def refuse(self, code: int) -> None:
         # Accept, then close with a code: a refused handshake reaches the browser as 1006,
@@ -199,6 +227,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if html:
             await self.send(text_data=html)
+        else:
+            self._pending_commit = None  # the event needed no frame: nothing to time
 
     def coalesce(self, send: Callable[[float], Awaitable[None]]) -> None:
         """Answer a burst of events with one `send(requested_at)` COALESCE_SECONDS after its

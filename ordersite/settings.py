@@ -64,6 +64,7 @@ if SANDBOX_ENABLED:
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "ordersite.metrics_http.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -331,6 +332,20 @@ EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "sent_emails"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "shop@example.com")
+
+# --- metrics and health checks (orders/metrics.py, ops/metrics.py, README "Metrics") -------
+# Off: no request metrics, no metrics ports, no Temporal SDK metrics, every recording
+# helper a no-op (bench/instrumentation_cost.py measures the difference).
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+# The web process serves /metrics only to "Authorization: Bearer <METRICS_TOKEN>"; unset, 404.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# host:port each worker kind serves its own metrics on ("" = off); loopback unless configured.
+WORKER_METRICS_ADDRESS = os.environ.get("WORKER_METRICS_ADDRESS", "127.0.0.1:9101")
+# The Temporal SDK's own metrics (its Rust core serves them), from the same worker process.
+TEMPORAL_SDK_METRICS_ADDRESS = os.environ.get("TEMPORAL_SDK_METRICS_ADDRESS", "127.0.0.1:9102")
+CELERY_METRICS_ADDRESS = os.environ.get("CELERY_METRICS_ADDRESS", "127.0.0.1:9103")
+# /readyz and the worker probes: how long each dependency gets to answer.
+HEALTH_CHECK_TIMEOUT_SECONDS = env_float("HEALTH_CHECK_TIMEOUT_SECONDS", 2)
 
 LOGGING = {
     "version": 1,

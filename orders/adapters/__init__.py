@@ -11,6 +11,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from ..circuit_breaker import BreakerGuarded, breaker_for
+from ..metrics import Instrumented
 from .base import Carrier, CustomerNotifier, PaymentGateway
 
 
@@ -21,7 +22,12 @@ def _load(path: str):
 
 @cache
 def _guarded(path: str, breaker: str):
-    return BreakerGuarded(_load(path), breaker_for(breaker))
+    # Counted and timed outside the breaker, so calls it refuses show as errors too.
+    return Instrumented(BreakerGuarded(_load(path), breaker_for(breaker)), METRICS_SERVICE[breaker])
+
+
+# The service label of the gateway's and the carrier's metrics (orders.metrics.OUTSIDE_*).
+METRICS_SERVICE = {"payment": "gateway", "shipping": "carrier"}
 
 
 def payment_gateway() -> PaymentGateway:

@@ -16,6 +16,7 @@ and never recorded as the step's failure: the saga runs the step again.
 import contextlib
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from .. import metrics
 from ..circuit_breaker import breaker_for
 from ..crashpoints import crash_point
 from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
@@ -137,20 +139,33 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
         saga_step_started(order_id=inp.order_id, step=inp.step.value, step_key=round_key, attempt=attempt,
                           compensation=compensation, detail=started_detail)
 
+    began = time.perf_counter()
+
+    def measured(outcome: str) -> None:
+        metrics.step_attempt_observe(step=inp.step.value, compensation=compensation, outcome=outcome,
+                                     seconds=time.perf_counter() - began)
+
     try:
         if own_database_only:
             with transaction.atomic():
                 started()
-                return StepResult(detail=body(attempt))
-        started()
-        return StepResult(detail=_waiting_out_open_circuits(inp, body, attempt=attempt, compensation=compensation))
+                result = StepResult(detail=body(attempt))
+        else:
+            started()
+            result = StepResult(detail=_waiting_out_open_circuits(inp, body, attempt=attempt,
+                                                                  compensation=compensation))
+        measured("succeeded")
+        return result
     except CancelledError:
+        measured("cancelled")
         raise
     except Exception as exc:
         if isinstance(exc, ApplicationError) and exc.type == ServiceCircuitOpen.__name__:
+            measured("circuit_open")
             raise  # recorded as 'waiting' (_waiting_out_open_circuits), not as a failed attempt
         infrastructure = _infrastructure_error(exc)
         if infrastructure is not None:
+            measured("infrastructure")
             # Our database or Redis, not the customer, the gateway or the mail: nothing is
             # recorded against the step (the database may well be what is down).
             activity.logger.warning("step %s of order %s: our infrastructure failed: %s",
@@ -159,6 +174,7 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
                 f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})".strip(),
                 type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,
             ) from exc
+        measured("failed")
         if own_database_only:
             started()  # it rolled back with the effect
         saga_step_failed(order_id=inp.order_id, step=inp.step.value, step_key=round_key, attempt=attempt,

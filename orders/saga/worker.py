@@ -1,5 +1,6 @@
 """Building the Temporal workers: one for the saga's task queue, one for payments."""
 
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -9,17 +10,20 @@ from django.conf import settings
 from django.core import mail
 from django.template.loader import get_template
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from .. import adapters, broadcast
+from .. import adapters, broadcast, metrics
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
 from .delivery_tracker import DeliveryTrackingWorkflow
 from .order_saga import OrderSagaWorkflow
 
 # On SIGTERM, running activities get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+
+logger = logging.getLogger(__name__)
 
 WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow]
 
@@ -33,10 +37,12 @@ def workflow_runner(sandboxed: bool | None = None) -> WorkflowRunner:
     _cache_workflow_bytecode()
     # The dataclasses and enums the workflow exchanges come from the real modules, so
     # values crossing the sandbox boundary are the same classes on both sides; the
-    # policies are constants, passed through so they are not re-executed every run.
+    # policies are constants, passed through so they are not re-executed every run. The
+    # metrics (reached through the activities module's imports) must never be defined twice:
+    # a second definition in the registry raises.
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "orders.saga.shared", "orders.saga.policies", "orders.errors",
+            "orders.saga.shared", "orders.saga.policies", "orders.errors", "orders.metrics", "prometheus_client",
         )
     )
 
@@ -49,6 +55,32 @@ def _cache_workflow_bytecode() -> None:
     if sys.dont_write_bytecode:
         sys.pycache_prefix = sys.pycache_prefix or str(settings.VAR_DIR / "pycache")
         sys.dont_write_bytecode = False
+
+
+def temporal_runtime(address: str | None = None) -> Runtime | None:
+    """A Temporal runtime whose core serves the SDK's own metrics (workflow and activity task
+    latencies, poll results, slots, sticky cache...) for Prometheus on
+    TEMPORAL_SDK_METRICS_ADDRESS; None (the default runtime) with metrics off or no address.
+    Give it to Client.connect(runtime=...): the workers built on that client report there."""
+    address = settings.TEMPORAL_SDK_METRICS_ADDRESS if address is None else address
+    if not (settings.METRICS_ENABLED and address):
+        return None
+    host, port = metrics.parse_address(address, 9102)
+    # Counters end in _total and durations are seconds, as Prometheus names them elsewhere.
+    try:
+        return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
+            bind_address=f"{host}:{port}", counters_total_suffix=True, durations_as_seconds=True,
+        )))
+    except Exception as exc:  # the port is taken (see metrics.http_server_start): run on without
+        logger.error("Temporal SDK metrics: cannot listen on %s:%s (%s); not served", host, port, exc)
+        return None
+
+
+def worker_metrics_start(address: str | None = None):
+    """Serve the app's metrics of this worker process (steps, gateway and carrier calls) on
+    WORKER_METRICS_ADDRESS; returns the HTTP server, or None when off."""
+    address = settings.WORKER_METRICS_ADDRESS if address is None else address
+    return metrics.http_server_start(address, default_port=9101)
 
 
 def import_at_start() -> None:

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from ..adapters import customer_notifier
 from ..adapters.base import Notification
+from .. import metrics
 from ..crashpoints import crash_point
 from ..errors import NotificationFailed
 from ..locks import lock_order
@@ -84,14 +85,18 @@ def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | No
         if key and SagaEvent.objects.filter(idempotency_key=key).exists():
             return order.followups.filter(state=FollowUp.State.OPEN).first()
         followup = order.followups.filter(state=FollowUp.State.OPEN).first()
+        opened = False
         if followup is None:
             try:
                 with transaction.atomic():
                     followup = FollowUp.objects.create(order=order, reason=reason[:2000])
+                    opened = True
             except IntegrityError:
                 followup = order.followups.get(state=FollowUp.State.OPEN)
         saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason, key=key or None,
                           saga_status=SagaStatus.NEEDS_FOLLOWUP, last_error=reason)
+    if opened:
+        metrics.saga_stuck(step="notify", saga_status=SagaStatus.NEEDS_FOLLOWUP.value)
     return followup
 
 

@@ -6,13 +6,15 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
+from .. import metrics
 from ..locks import lock_order
-from ..models import Order, SagaEvent
+from ..models import OperatorAction, Order, SagaEvent
 from ..saga import search_attributes as sa
 from ..saga.shared import RetrySettings, SagaInput, SagaTransition, StepName
-from ..status import ORDER_STATUS_AFTER_SAGA, SagaStatus
+from ..status import ORDER_STATUS_AFTER_SAGA, STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES, SagaStatus
 from ..temporal_client import run_with_client
 from .commands import operator_action_outcome_record
 from .events import order_saga_state_set, saga_event_record
@@ -149,4 +151,19 @@ def saga_transition_record(transition: SagaTransition, *, fallback_key: str = ""
         else:
             # No row to key: setting the same saga status again is harmless by itself.
             order_saga_state_set(order, **state)
+        action = None
+        if action_id is not None:
+            action = OperatorAction.objects.filter(pk=action_id).values_list("action", flat=True).first()
+    _transition_measure(transition, order, action)
     return True
+
+
+def _transition_measure(transition: SagaTransition, order: Order, action: str | None) -> None:
+    """Count a recorded transition (after its commit, once per key)."""
+    status = transition.saga_status or ""
+    if status in TERMINAL_SAGA_STATUSES:
+        metrics.saga_finished(outcome=status, seconds=(timezone.now() - order.created_at).total_seconds())
+    elif status in STUCK_SAGA_STATUSES:  # (a follow-up is counted where it opens: notifications.py)
+        metrics.saga_stuck(step=transition.step or "", saga_status=status)
+    if action is not None and transition.action_outcome:
+        metrics.operator_answer(action=action, outcome=transition.action_outcome)

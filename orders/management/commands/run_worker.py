@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from temporalio.client import Client
 
-from orders.saga.worker import build_workers, import_at_start
+from orders.saga.worker import build_workers, import_at_start, temporal_runtime, worker_metrics_start
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,12 @@ class Command(BaseCommand):
         asyncio.run(self._run(wanted))
 
     async def _run(self, queues):
-        client = await Client.connect(settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE)
+        # Metrics: ours on WORKER_METRICS_ADDRESS, the SDK's on TEMPORAL_SDK_METRICS_ADDRESS
+        # (README "Metrics"); a port already taken fails the start loudly.
+        worker_metrics_start()
+        runtime = temporal_runtime()
+        client = await Client.connect(settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE,
+                                      **({"runtime": runtime} if runtime else {}))
         workers = build_workers(client, queues=queues)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
