@@ -1,0 +1,252 @@
+"""Data for the dashboard's charts: orders per hour by outcome, failure rate per step, the
+age of stuck sagas and of open follow-ups, and what stuck orders hold (money, stock).
+
+Each chart is one or two grouped queries over indexed columns (six in all), so the dashboard
+stays fast at 100,000 orders (bench/page_times.py; figures in docs/benchmarks.md):
+- orders of the last 24 hours through Order.created_at's index,
+- saga events of the last 24 hours through SagaEvent.created_at's (sagaevent_created),
+- stuck orders through (saga_status, ...) indexes, and their payments and reservations
+  through their order_id foreign-key indexes,
+- open follow-ups (a few per thousand orders) counted in one pass.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Min, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from orders.models import FollowUp, Order, Payment, Reservation, SagaEvent
+from orders.status import STUCK_SAGA_STATUSES, SagaStatus, Step
+
+WINDOW_HOURS = 24
+
+# What became of an order, for the per-hour chart: its saga status, in fewer words.
+OUTCOME_OF_SAGA_STATUS = {
+    SagaStatus.COMPLETED: "completed",
+    SagaStatus.NEEDS_FOLLOWUP: "followup",
+    SagaStatus.PENDING: "running",
+    SagaStatus.RUNNING: "running",
+    SagaStatus.COMPENSATING: "running",
+    SagaStatus.STUCK: "stuck",
+    SagaStatus.COMPENSATION_STUCK: "stuck",
+    SagaStatus.COMPENSATED: "failed",
+    SagaStatus.REJECTED: "rejected",
+    SagaStatus.CANCELLED: "cancelled",
+}
+# Stacking order, bottom up: the good news at the bottom, then what needs someone.
+OUTCOMES = ("completed", "running", "followup", "stuck", "failed", "rejected", "cancelled")
+
+# Age buckets: (upper bound, key). The last bucket has no upper bound.
+AGE_BUCKETS = (
+    (timedelta(minutes=5), "5m"),
+    (timedelta(minutes=15), "15m"),
+    (timedelta(hours=1), "1h"),
+    (timedelta(hours=4), "4h"),
+    (timedelta(hours=24), "24h"),
+    (None, "older"),
+)
+
+
+@dataclass(frozen=True)
+class HourCounts:
+    start: datetime
+    counts: dict[str, int]  # outcome -> orders placed in this hour
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def orders_per_hour(now: datetime) -> list[HourCounts]:
+    """Orders placed in each of the last 24 hours (the current one last), by outcome. One query."""
+    first = hour_floor(now) - timedelta(hours=WINDOW_HOURS - 1)
+    rows = (
+        Order.objects.filter(created_at__gte=first)
+        .order_by()
+        .annotate(hour=TruncHour("created_at"))
+        .values_list("hour", "saga_status")
+        .annotate(n=Count("id"))
+    )
+    counts: dict[datetime, dict[str, int]] = {}
+    for hour, saga_status, n in rows:
+        outcome = OUTCOME_OF_SAGA_STATUS.get(saga_status, "running")
+        by_outcome = counts.setdefault(hour, {})
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + n
+    hours = [first + timedelta(hours=i) for i in range(WINDOW_HOURS)]
+    return [HourCounts(start=h, counts={o: counts.get(h, {}).get(o, 0) for o in OUTCOMES}) for h in hours]
+
+
+@dataclass(frozen=True)
+class StepFailures:
+    step: str
+    label: str
+    attempts: int  # attempts that ended (succeeded or failed) in the window
+    failures: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.failures / self.attempts if self.attempts else None
+
+
+def step_failure_rates(now: datetime) -> list[StepFailures]:
+    """Per step, of the attempts that ended in the last 24 hours, how many failed. One query.
+
+    An attempt ends with a succeeded or a failed event; a failed compensation counts
+    against its step too (it is that step's outside service failing)."""
+    rows = (
+        SagaEvent.objects.filter(created_at__gte=now - timedelta(hours=WINDOW_HOURS),
+                                 kind__in=[SagaEvent.Kind.SUCCEEDED, SagaEvent.Kind.FAILED])
+        .exclude(step="")
+        .order_by()
+        .values_list("step")
+        # Counting kind (never null), not the id: the index holds step and kind, so Postgres
+        # answers from the index alone.
+        .annotate(attempts=Count("kind"), failures=Count("kind", filter=Q(kind=SagaEvent.Kind.FAILED)))
+    )
+    by_step = {step: (attempts, failures) for step, attempts, failures in rows}
+    return [StepFailures(value, label, *by_step.get(value, (0, 0))) for value, label in Step.choices]
+
+
+@dataclass(frozen=True)
+class AgeDistribution:
+    counts: dict[str, int]  # bucket key -> how many
+    oldest_since: datetime | None
+    now: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def oldest_age(self) -> timedelta | None:
+        return self.now - self.oldest_since if self.oldest_since else None
+
+
+def _age_aggregates(field: str, now: datetime) -> dict:
+    # Cumulative counts younger than each bound; the buckets are their differences.
+    aggregates = {f"younger_{key}": Count("id", filter=Q(**{f"{field}__gt": now - bound}))
+                  for bound, key in AGE_BUCKETS if bound is not None}
+    return {**aggregates, "n": Count("id"), "oldest": Min(field)}
+
+
+def _age_buckets(row: dict) -> dict[str, int]:
+    counts, below = {}, 0
+    for bound, key in AGE_BUCKETS:
+        cumulative = row[f"younger_{key}"] if bound is not None else row["n"]
+        counts[key] = cumulative - below
+        below = cumulative
+    return counts
+
+
+@dataclass(frozen=True)
+class StuckAtStep:
+    step: str
+    label: str
+    orders: int
+
+
+@dataclass(frozen=True)
+class StuckAges:
+    ages: AgeDistribution
+    by_step: list[StuckAtStep]
+
+
+def stuck_saga_ages(now: datetime) -> StuckAges:
+    """How long stuck sagas have waited for an operator (since stuck_since), in age buckets,
+    and how many are stuck at each step. One query, grouped by step."""
+    rows = (
+        Order.objects.filter(saga_status__in=STUCK_SAGA_STATUSES)
+        .order_by()
+        .values("current_step")
+        .annotate(**_age_aggregates("stuck_since", now))
+    )
+    counts = {key: 0 for _, key in AGE_BUCKETS}
+    oldest = None
+    by_step: dict[str, int] = {}
+    for row in rows:
+        for key, n in _age_buckets(row).items():
+            counts[key] += n
+        by_step[row["current_step"]] = row["n"]
+        if row["oldest"] is not None and (oldest is None or row["oldest"] < oldest):
+            oldest = row["oldest"]
+    steps = [StuckAtStep(value, label, by_step[value]) for value, label in Step.choices if by_step.get(value)]
+    return StuckAges(ages=AgeDistribution(counts=counts, oldest_since=oldest, now=now), by_step=steps)
+
+
+def followup_ages(now: datetime) -> AgeDistribution:
+    """How long open follow-ups have waited (since they were opened), in age buckets. One query."""
+    row = FollowUp.objects.filter(state=FollowUp.State.OPEN).aggregate(**_age_aggregates("created_at", now))
+    return AgeDistribution(counts=_age_buckets(row), oldest_since=row["oldest"], now=now)
+
+
+@dataclass(frozen=True)
+class StepHoldings:
+    """What the orders stuck at one step hold: money charged and not refunded, per
+    currency, and stock reserved (not yet sold) or sold and not yet shipped."""
+
+    step: str
+    label: str
+    money: dict[str, Decimal]
+    units_reserved: int
+    units_sold: int
+
+
+def stuck_holdings() -> list[StepHoldings]:
+    """Money and stock held by stuck orders, per step they are stuck at. Two queries."""
+    stuck = Q(order__saga_status__in=STUCK_SAGA_STATUSES)
+    money_rows = (
+        Payment.objects.filter(stuck)
+        .order_by()
+        .values_list("order__current_step", "currency")
+        .annotate(charged=Sum("amount", filter=Q(kind=Payment.Kind.CHARGE)),
+                  refunded=Sum("amount", filter=Q(kind=Payment.Kind.REFUND)))
+    )
+    stock_rows = (
+        Reservation.objects.filter(stuck, state__in=[Reservation.State.HELD, Reservation.State.CONFIRMED])
+        .order_by()
+        .values_list("order__current_step")
+        .annotate(reserved=Sum("quantity", filter=Q(state=Reservation.State.HELD)),
+                  sold=Sum("quantity", filter=Q(state=Reservation.State.CONFIRMED)))
+    )
+    money: dict[str, dict[str, Decimal]] = {}
+    for step, currency, charged, refunded in money_rows:
+        net = (charged or Decimal(0)) - (refunded or Decimal(0))
+        if net:
+            money.setdefault(step, {})[currency] = net
+    stock = {step: (reserved or 0, sold or 0) for step, reserved, sold in stock_rows}
+    holdings = []
+    for value, label in Step.choices:
+        reserved, sold = stock.get(value, (0, 0))
+        if money.get(value) or reserved or sold:
+            holdings.append(StepHoldings(value, label, money.get(value, {}), reserved, sold))
+    return holdings
+
+
+@dataclass(frozen=True)
+class DashboardCharts:
+    taken_at: datetime
+    per_hour: list[HourCounts]
+    failure_rates: list[StepFailures]
+    stuck: StuckAges
+    followups: AgeDistribution
+    holdings: list[StepHoldings]
+
+
+def dashboard_charts(now: datetime | None = None) -> DashboardCharts:
+    """Everything the dashboard's charts show. Six queries."""
+    now = now or timezone.now()
+    return DashboardCharts(
+        taken_at=now,
+        per_hour=orders_per_hour(now),
+        failure_rates=step_failure_rates(now),
+        stuck=stuck_saga_ages(now),
+        followups=followup_ages(now),
+        holdings=stuck_holdings(),
+    )
