@@ -111,11 +111,16 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
         if not event.step:
             if kind == "finished":
                 for row in rows.values():
-                    _close_waits(row, at)
+                    _close_waits(row, at, drop_retry_wait=True)
             previous_at = at
             continue
         undoing = kind in ("compensating", "compensated") or (kind in ("failed", "stuck") and event.step in compensating)
         if kind in ("compensating", "compensated"):
+            if not compensating:
+                # The saga is undoing what it did: no forward step will be retried now.
+                for row in rows.values():
+                    if not row.compensation:
+                        _close_waits(row, at, drop_retry_wait=True)
             compensating.add(event.step)
         row = row_of(event.step, undoing)
         if kind in ("started", "retrying", "compensating"):
@@ -168,7 +173,8 @@ def _close_waits(row: WaterfallRow, at: datetime, *, drop_retry_wait: bool = Fal
     if span is None:
         return
     if drop_retry_wait and span.kind == RETRY_WAIT:
-        # The saga gave up instead of retrying: the time since the failure is the operator's wait.
+        # No retry came: the saga gave up (the time since the failure is then the
+        # operator's wait), turned to compensating, or ended.
         row.spans.pop()
         return
     span.end, span.outcome = at, ENDED
