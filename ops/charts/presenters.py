@@ -132,7 +132,7 @@ class ColumnChart:
 
 # --- the dashboard ---------------------------------------------------------------------------
 
-COLUMN_WIDTH, COLUMN_HEIGHT = 720, 220
+COLUMN_WIDTH, COLUMN_HEIGHT = 1000, 240
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 40, 8, 10, 24
 
 
@@ -181,7 +181,7 @@ def _hour(moment: datetime) -> str:
 
 
 def age_chart(key: str, title: str, ages: AgeDistribution, *, noun: str, empty: str, note: str = "") -> ColumnChart:
-    width, height = 360, 180
+    width, height = 520, 200
     plot_height = height - PLOT_TOP - PLOT_BOTTOM
     baseline = height - PLOT_BOTTOM
     keys = [k for _, k in AGE_BUCKETS]
@@ -330,7 +330,8 @@ def holdings_chart(holdings: list[StepHoldings], *, stuck_total: int) -> BarChar
             money_total[currency] = money_total.get(currency, Decimal(0)) + amount
     units_total = sum(h.units_reserved + h.units_sold for h in holdings)
     if holdings:
-        description = (f"Stuck orders hold {_money_text(money_total)} charged and not refunded, and "
+        money_words = f"{_money_text(money_total)} charged and not refunded" if money_total else "no money"
+        description = (f"Stuck orders hold {money_words}, and "
                        f"{units_total} unit{'s' if units_total != 1 else ''} of stock.")
     else:
         description = "Stuck orders hold no money and no stock."
