@@ -44,8 +44,7 @@ from ops.charts.selectors import (
     followup_ages,
     orders_per_hour,
     step_failure_rates,
-    stuck_holdings,
-    stuck_saga_ages,
+    stuck_orders_summary,
 )
 from ops.order_pages import consumers as order_consumers
 
@@ -283,7 +282,7 @@ def test_stuck_saga_ages_fall_in_their_buckets_with_the_oldest_and_the_steps():
     stuck_order(product, step="ship", minutes_ago=3 * 24 * 60)
     placed_order(product)  # not stuck
     now = timezone.now()
-    stuck = stuck_saga_ages(now)
+    stuck = stuck_orders_summary(now)
     assert stuck.ages.counts == {"5m": 1, "15m": 0, "1h": 1, "4h": 0, "24h": 0, "older": 1}
     assert stuck.ages.total == 3
     assert timedelta(days=3) - timedelta(minutes=1) < stuck.ages.oldest_age < timedelta(days=3, minutes=1)
@@ -306,19 +305,44 @@ def test_followup_ages_count_open_followups_only():
 
 
 @pytest.mark.django_db
-def test_stuck_holdings_sum_money_charged_and_stock_held_per_step_stuck_at():
+def test_stuck_orders_hold_the_money_charged_and_the_stock_reserved_per_step_stuck_at():
     product = shelf()  # 20.00 each
     stuck_order(product, step="confirm")  # reserved and charged: 20.00 held, 1 unit reserved
     stuck_order(product, step="confirm")
-    stuck_order(product, step="ship")  # charged and sold, not shipped
+    stuck_order(product, step="ship")  # charged and sold: money held, no stock reserved
     stuck_order(product, step="charge")  # reserved, nothing charged
     order_completed(placed_order(product))  # not stuck: holds nothing here
-    holdings = {h.step: h for h in stuck_holdings()}
+    holdings = {h.step: h for h in stuck_orders_summary(timezone.now()).holdings}
     assert list(holdings) == ["charge", "confirm", "ship"]
     assert holdings["confirm"].money == {"EUR": Decimal("40.00")} and holdings["confirm"].units_reserved == 2
-    assert holdings["ship"].money == {"EUR": Decimal("20.00")}
-    assert (holdings["ship"].units_reserved, holdings["ship"].units_sold) == (0, 1)
+    assert holdings["ship"].money == {"EUR": Decimal("20.00")} and holdings["ship"].units_reserved == 0
     assert holdings["charge"].money == {} and holdings["charge"].units_reserved == 1
+
+
+@pytest.mark.django_db
+def test_a_saga_stuck_compensating_holds_what_its_ledger_says_was_not_refunded_yet():
+    """The shipment was cancelled and the stock put back, then the refund was refused: the
+    charge is still held (read from the payments ledger), the stock is not."""
+    from orders.saga.shared import SagaTransition
+    from orders.services import inventory, shipping
+    from orders.services.saga import saga_step_failed, saga_step_started, saga_transition_record
+
+    from .saga_states import order_advanced
+
+    order = placed_order(shelf())  # 20.00
+    order_advanced(order, through="ship")
+    wf = order.workflow_id
+    shipping.shipment_cancel(order_id=order.pk, attempt=1)
+    inventory.inventory_restock(order_id=order.pk, idempotency_key=f"{wf}:confirm:compensate", attempt=1)
+    saga_step_started(order_id=order.pk, step="charge", step_key=f"{wf}:charge:compensate", attempt=1,
+                      compensation=True)
+    saga_step_failed(order_id=order.pk, step="charge", step_key=f"{wf}:charge:compensate", attempt=1,
+                     error="Refund refused by the gateway")
+    saga_transition_record(SagaTransition(order_id=order.pk, kind="stuck", step="charge",
+                                          saga_status="compensation_stuck", detail="refund refused"))
+    summary = stuck_orders_summary(timezone.now())
+    assert summary.ages.total == 1 and [(s.step, s.orders) for s in summary.by_step] == [("charge", 1)]
+    assert [(h.step, h.money, h.units_reserved) for h in summary.holdings] == [("charge", {"EUR": Decimal("20.00")}, 0)]
 
 
 @pytest.mark.django_db
@@ -403,7 +427,7 @@ def test_dashboard_with_data_draws_every_chart_with_a_title_a_description_and_a_
     assert charts.count('<details class="chart-data">') == 5
     assert "3 orders placed in the last 24 hours" in charts
     assert "1 stuck saga waiting; the oldest for 20 min" in charts
-    assert "Stuck orders hold 20.00 EUR charged and not refunded, and 1 unit of stock." in charts
+    assert "Stuck orders hold 20.00 EUR charged and not refunded, and 1 unit of stock reserved." in charts
     assert "Stuck: 1 at Confirm inventory." in charts
     assert 'class="chart-outcome-completed"' in charts and 'class="chart-outcome-stuck"' in charts
     # No inline styles or scripts (a Content-Security-Policy is coming).
@@ -542,4 +566,4 @@ def test_dashboard_charts_view_brings_the_stuck_steps_into_its_note():
     view = dashboard_charts_present(dashboard_charts())
     assert view.stuck_ages.note == "Stuck: 1 at Arrange shipping."
     assert view.stuck_ages.table_rows[3] == ["1–4 h", "1"]
-    assert view.holdings.table_rows == [["Arrange shipping", "20.00 EUR", "0", "1"]]
+    assert view.holdings.table_rows == [["Arrange shipping", "20.00 EUR", "0"]]

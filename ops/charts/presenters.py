@@ -299,14 +299,16 @@ def _money_text(money: dict[str, Decimal]) -> str:
 
 
 def holdings_chart(holdings: list[StepHoldings], *, stuck_total: int) -> BarChart:
-    """Two bars per step the stuck orders are stuck at: money (scaled within its currency)
-    and stock units (reserved plus sold and not shipped)."""
+    """Up to two bars per step the stuck orders are stuck at: money charged and not
+    refunded (scaled within its currency) and units of stock reserved for them."""
     track = BAR_CHART_WIDTH - BAR_LABEL_WIDTH - BAR_VALUE_ROOM
     money_top: dict[str, Decimal] = {}
+    money_total: dict[str, Decimal] = {}
     for h in holdings:
         for currency, amount in h.money.items():
             money_top[currency] = max(money_top.get(currency, Decimal(0)), amount)
-    units_top = max((h.units_reserved + h.units_sold for h in holdings), default=0)
+            money_total[currency] = money_total.get(currency, Decimal(0)) + amount
+    units_top = max((h.units_reserved for h in holdings), default=0)
     bars, y = [], 4
     for h in holdings:
         for currency, amount in sorted(h.money.items()):
@@ -316,25 +318,18 @@ def holdings_chart(holdings: list[StepHoldings], *, stuck_total: int) -> BarChar
                             value_text=f"{amount:,.2f} {currency}", css="chart-money",
                             title=f"Orders stuck at {h.label} hold {amount:,.2f} {currency} charged and not refunded"))
             y += BAR_ROW
-        units = h.units_reserved + h.units_sold
-        if units:
+        if h.units_reserved:
+            units = h.units_reserved
             bars.append(Bar(label=f"{h.label}: stock", y=y,
                             width=geometry.bar_width(units, top=units_top, width=track, minimum=2),
                             value_text=f"{units} unit{'s' if units != 1 else ''}", css="chart-stock",
-                            title=(f"Orders stuck at {h.label} hold {h.units_reserved} units reserved and "
-                                   f"{h.units_sold} sold and not shipped")))
+                            title=f"Orders stuck at {h.label} hold {units} unit{'s' if units != 1 else ''} of stock "
+                                  f"reserved"))
             y += BAR_ROW
-    money_total: dict[str, Decimal] = {}
-    for h in holdings:
-        for currency, amount in h.money.items():
-            money_total[currency] = money_total.get(currency, Decimal(0)) + amount
-    units_total = sum(h.units_reserved + h.units_sold for h in holdings)
-    if holdings:
-        money_words = f"{_money_text(money_total)} charged and not refunded" if money_total else "no money"
-        description = (f"Stuck orders hold {money_words}, and "
-                       f"{units_total} unit{'s' if units_total != 1 else ''} of stock.")
-    else:
-        description = "Stuck orders hold no money and no stock."
+    units_total = sum(h.units_reserved for h in holdings)
+    money_words = f"{_money_text(money_total)} charged and not refunded" if money_total else "no money"
+    description = (f"Stuck orders hold {money_words}, and {units_total} unit{'s' if units_total != 1 else ''} "
+                   f"of stock reserved.")
     if not stuck_total:
         empty = "No saga is stuck, so no order holds money or stock."
     elif not holdings:
@@ -345,8 +340,8 @@ def holdings_chart(holdings: list[StepHoldings], *, stuck_total: int) -> BarChar
         key="stuck-holdings", title="Money and stock held by stuck orders, by the step they are stuck at",
         description=description, width=BAR_CHART_WIDTH, height=max(y + 4, 8), label_width=BAR_LABEL_WIDTH,
         bar_height=BAR_HEIGHT, bars=bars,
-        table_head=["Stuck at", "Money charged, not refunded", "Units reserved", "Units sold, not shipped"],
-        table_rows=[[h.label, _money_text(h.money), str(h.units_reserved), str(h.units_sold)] for h in holdings],
+        table_head=["Stuck at", "Money charged, not refunded", "Units of stock reserved"],
+        table_rows=[[h.label, _money_text(h.money), str(h.units_reserved)] for h in holdings],
         empty=empty,
     )
 
@@ -372,7 +367,7 @@ def dashboard_charts_present(charts: DashboardCharts) -> DashboardChartsView:
                              note=f"Stuck: {by_step}." if by_step else ""),
         followup_ages=age_chart("followup-ages", "How long open follow-ups have waited", charts.followups,
                                 noun="open follow-up", empty="No follow-up is open."),
-        holdings=holdings_chart(charts.holdings, stuck_total=charts.stuck.ages.total),
+        holdings=holdings_chart(charts.stuck.holdings, stuck_total=charts.stuck.ages.total),
     )
 
 
