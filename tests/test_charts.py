@@ -399,7 +399,7 @@ def test_failure_rate_chart_says_which_step_fails_most():
 
 # --- the pages -------------------------------------------------------------------------------------
 
-SVG = re.compile(r"<svg [^>]*role=\"img\"[^>]*>\s*<title id=\"([^\"]+)\">[^<]+</title>\s*<desc id=\"([^\"]+)\">[^<]+</desc>")
+SVG = re.compile(r'<svg [^>]*role="img"[^>]*>\s*<title id="([^"]+)">[^<]+</title>\s*<desc id="([^"]+)">[^<]+</desc>')
 
 
 @pytest.mark.django_db
@@ -407,7 +407,8 @@ def test_dashboard_without_data_says_so_in_a_sentence_per_chart(client_as):
     body = client_as("viewer").get(reverse("ops:home")).content.decode()
     assert 'id="ops-charts"' in body
     for sentence in ("No orders were placed in the last 24 hours.", "No step finished an attempt in the last 24 hours.",
-                     "No saga is stuck.", "No follow-up is open.", "No saga is stuck, so no order holds money or stock."):
+                     "No saga is stuck.", "No follow-up is open.",
+                     "No saga is stuck, so no order holds money or stock."):
         assert sentence in body
     assert "<svg" not in body.split('id="ops-charts"')[1].split("</section>")[0]
 
@@ -506,7 +507,8 @@ async def test_dashboard_socket_sends_the_charts_on_connect_and_after_an_event(s
     communicator = await open_socket("/ws/ops/", viewer)
     try:
         first = await communicator.receive_from(timeout=5)
-        assert '<section id="ops-charts" class="ops-charts" aria-labelledby="ops-charts-heading" hx-swap-oob="true">' in first
+        assert ('<section id="ops-charts" class="ops-charts" aria-labelledby="ops-charts-heading" '
+                'hx-swap-oob="true">') in first
         assert "No saga is stuck." in first
         order = await sync_to_async(stuck_order)(minutes_ago=1)
         await sync_to_async(record_event)(order, step="charge", kind="retrying")

@@ -114,7 +114,9 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
                     _close_waits(row, at, drop_retry_wait=True)
             previous_at = at
             continue
-        undoing = kind in ("compensating", "compensated") or (kind in ("failed", "stuck") and event.step in compensating)
+        # A failure after the step's compensation began is the compensation failing (as in the timeline).
+        undoing = kind in ("compensating", "compensated") or (
+            kind in ("failed", "stuck") and event.step in compensating)
         if kind in ("compensating", "compensated"):
             if not compensating:
                 # The saga is undoing what it did: no forward step will be retried now.
@@ -151,7 +153,7 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
         elif kind in ("signal", "ignored"):
             span = row.open_span(OPERATOR_WAIT, FOLLOWUP_WAIT)
             if span is not None and kind == "signal":
-                span.end, span.outcome, span.actor = at, ENDED, getattr(event, "actor", "")
+                span.end, span.outcome, span.actor = at, ENDED, event.actor
         previous_at = at
 
     live = order.saga_status not in TERMINAL_SAGA_STATUSES
@@ -183,7 +185,8 @@ def _close_waits(row: WaterfallRow, at: datetime, *, drop_retry_wait: bool = Fal
 def _row_order(rows: dict[tuple[str, bool], WaterfallRow]) -> list[tuple[str, bool]]:
     """Forward steps in saga order, then compensations in the order they began."""
     order = [s.value for s in StepName]
-    forward = sorted((key for key in rows if not key[1]), key=lambda key: order.index(key[0]) if key[0] in order else 99)
+    forward = sorted((key for key in rows if not key[1]),
+                     key=lambda key: order.index(key[0]) if key[0] in order else len(order))
     # Every row holds a span from the event that made it.
     undo = sorted((key for key in rows if key[1]), key=lambda key: rows[key].spans[0].start)
     return forward + undo
