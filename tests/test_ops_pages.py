@@ -293,7 +293,7 @@ def populate(n: int, product, actor) -> None:
 @pytest.mark.parametrize(
     "page, params, most",
     [
-        # The dashboard's charts add six grouped queries, one or two per chart (ops/charts/selectors.py).
+        # The dashboard's charts add up to six grouped queries (ops/charts/selectors.py).
         ("ops:home", None, 16),
         ("ops:stuck", None, 10),
         ("ops:stuck", {"step": "charge"}, 10),

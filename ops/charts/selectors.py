@@ -1,7 +1,7 @@
 """Data for the dashboard's charts: orders per hour by outcome, failure rate per step, the
 age of stuck sagas and of open follow-ups, and what stuck orders hold (money, stock).
 
-Six grouped queries in all, each read from an index (on Postgres, most from the index
+At most six grouped queries, each read from an index (on Postgres, most from the index
 alone), so the dashboard stays fast at 100,000 orders (bench/page_times.py; figures in
 docs/benchmarks.md):
 - orders of the last 24 hours: order_created (created_at, with the saga status);
@@ -179,7 +179,8 @@ CHARGED_BEFORE = [Step.CONFIRM, Step.SHIP, Step.NOTIFY]
 
 def stuck_orders_summary(now: datetime) -> StuckOrders:
     """Stuck sagas: how long they have waited for an operator (since stuck_since) in age
-    buckets, how many are stuck at each step, and the money and stock they hold. Three queries.
+    buckets, how many are stuck at each step, and the money and stock they hold. Three
+    queries at most: one when no saga is stuck, two when none is stuck compensating.
 
     - ages, counts and the money of sagas stuck going forward: one query over the partial
       index order_stuck_since alone (it holds the step, currency and total);
@@ -192,7 +193,7 @@ def stuck_orders_summary(now: datetime) -> StuckOrders:
     rows = (
         Order.objects.filter(saga_status__in=STUCK_SAGA_STATUSES)
         .order_by()
-        .values("current_step", "currency")
+        .values("current_step", "currency", "saga_status")
         .annotate(**_age_aggregates("stuck_since", now, counted="current_step"),
                   charged=Sum("total", filter=forward_charged))
     )
@@ -200,7 +201,9 @@ def stuck_orders_summary(now: datetime) -> StuckOrders:
     oldest = None
     by_step: dict[str, int] = {}
     money: dict[str, dict[str, Decimal]] = {}
+    statuses: set[str] = set()
     for row in rows:
+        statuses.add(row["saga_status"])
         for key, n in _age_buckets(row).items():
             counts[key] += n
         step = row["current_step"]
@@ -209,21 +212,24 @@ def stuck_orders_summary(now: datetime) -> StuckOrders:
             oldest = row["oldest"]
         if row["charged"]:
             _add(money.setdefault(step, {}), row["currency"], row["charged"])
-    compensating = (
-        Payment.objects.filter(order__saga_status=SagaStatus.COMPENSATION_STUCK)
-        .order_by()
-        .values_list("order__current_step", "currency")
-        .annotate(charged=Sum("amount", filter=Q(kind=Payment.Kind.CHARGE)),
-                  refunded=Sum("amount", filter=Q(kind=Payment.Kind.REFUND)))
-    )
-    for step, currency, charged, refunded in compensating:
-        _add(money.setdefault(step, {}), currency, (charged or Decimal(0)) - (refunded or Decimal(0)))
-    reserved = dict(
-        Reservation.objects.filter(state=Reservation.State.HELD, order__saga_status__in=STUCK_SAGA_STATUSES)
-        .order_by()
-        .values_list("order__current_step")
-        .annotate(units=Sum("quantity"))
-    )
+    if SagaStatus.COMPENSATION_STUCK in statuses:
+        compensating = (
+            Payment.objects.filter(order__saga_status=SagaStatus.COMPENSATION_STUCK)
+            .order_by()
+            .values_list("order__current_step", "currency")
+            .annotate(charged=Sum("amount", filter=Q(kind=Payment.Kind.CHARGE)),
+                      refunded=Sum("amount", filter=Q(kind=Payment.Kind.REFUND)))
+        )
+        for step, currency, charged, refunded in compensating:
+            _add(money.setdefault(step, {}), currency, (charged or Decimal(0)) - (refunded or Decimal(0)))
+    reserved: dict[str, int] = {}
+    if statuses:
+        reserved = dict(
+            Reservation.objects.filter(state=Reservation.State.HELD, order__saga_status__in=STUCK_SAGA_STATUSES)
+            .order_by()
+            .values_list("order__current_step")
+            .annotate(units=Sum("quantity"))
+        )
     holdings = []
     for value, label in Step.choices:
         held = {currency: amount for currency, amount in money.get(value, {}).items() if amount}
@@ -256,7 +262,8 @@ class DashboardCharts:
 
 
 def dashboard_charts(now: datetime | None = None) -> DashboardCharts:
-    """Everything the dashboard's charts show. Six queries."""
+    """Everything the dashboard's charts show. Six queries at most: four when no saga is
+    stuck, five when none is stuck compensating."""
     now = now or timezone.now()
     return DashboardCharts(
         taken_at=now,
