@@ -222,7 +222,7 @@ def test_waterfall_view_places_spans_on_the_time_axis_and_says_what_they_are():
     assert "attempt 1: 10 s, failed (failed charge)" in attempt.title
     assert "wf-attempt wf-failed" in attempt.css
     assert "waiting for an operator: 10 s, still going" in wait.title and "wf-open" in wait.css
-    assert "1 attempt, 0 retries, 1 wait for staff totalling 10 s" in view.description
+    assert view.description == "1 step over 20 s so far: 1 attempt, 0 retries, 1 wait for staff totalling 10 s."
     assert [t.text for t in view.ticks][:3] == ["0", "+5 s", "+10 s"]
     assert view.table_rows[0] == ["Charge payment", "Attempt 1", "0", "10 s", "failed"]
 
@@ -501,6 +501,7 @@ def test_a_cancelled_saga_draws_its_compensations():
     order_cancelled(order, after="charge")
     view = waterfall_present(saga_waterfall(order.pk))
     assert [r.label for r in view.rows][-2:] == ["Refund payment", "Release reservation"]
+    assert view.description.startswith("3 steps and 2 compensations over ")  # validate, reserve, charge
     assert all("wf-compensation wf-succeeded" in m.css for r in view.rows[-2:] for m in r.marks)
 
 

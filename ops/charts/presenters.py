@@ -475,8 +475,11 @@ def waterfall_present(waterfall: SagaWaterfall) -> WaterfallView:
     attempts = sum(1 for r in waterfall.rows for s in r.spans if s.kind in (ATTEMPT, COMPENSATION))
     retries = sum(max(r.attempts - 1, 0) for r in waterfall.rows if not r.compensation)
     waits = [s for r in waterfall.rows for s in r.spans if s.kind in (OPERATOR_WAIT, FOLLOWUP_WAIT)]
-    description = (f"{len(rows)} step{'s' if len(rows) != 1 else ''} and compensations over "
-                   f"{duration_text(total)}{' so far' if waterfall.live else ''}: {attempts} attempt"
+    steps = sum(1 for r in waterfall.rows if not r.compensation)
+    undone = len(waterfall.rows) - steps
+    description = (f"{steps} step{'s' if steps != 1 else ''}"
+                   + (f" and {undone} compensation{'s' if undone != 1 else ''}" if undone else "")
+                   + f" over {duration_text(total)}{' so far' if waterfall.live else ''}: {attempts} attempt"
                    f"{'s' if attempts != 1 else ''}, {retries} retr{'ies' if retries != 1 else 'y'}"
                    + (f", {len(waits)} wait{'s' if len(waits) != 1 else ''} for staff totalling "
                       f"{duration_text(sum(s.seconds for s in waits))}" if waits else "") + ".")
