@@ -10,7 +10,8 @@ pages are reached as a user reaches them: the order list's Last page, and a page
 orders in (by its keyset cursor, as the Next links carry it). Pages whose URL is not
 installed are skipped. --rounds N measures every page N times over (a busy machine shows
 through as spread between rounds); --strict exits non-zero when a page's best round misses
-the aim. --markdown prints a table for docs/benchmarks.md.
+the aim. --markdown prints a table for docs/benchmarks.md; --only TEXT measures the pages
+whose label contains TEXT (--only dashboard).
 """
 
 import argparse
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
     parser.add_argument("--user", default="bench-operator", help="staff username (made by seed_orders.py)")
     parser.add_argument("--rounds", type=int, default=1, help="measure every page this many times over")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--only", default="", help="measure only the pages whose label contains this text")
     parser.add_argument("--strict", action="store_true", help=f"exit 1 when a page's best round is over {AIM_MS:.0f} ms")
     args = parser.parse_args(argv)
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
@@ -115,7 +117,8 @@ def main(argv=None) -> None:
               f"{FollowUp.objects.filter(state='open').count():,} open follow-ups, "
               f"{OperatorAction.objects.count():,} operator actions; {vendor}; user {args.user}; "
               f"median of {RUNS}")
-    measured = [(label, path) for label, path in pages() if path is not None]
+    measured = [(label, path) for label, path in pages()
+                if path is not None and args.only.lower() in label.lower()]
     for label, path in pages():
         if path is None:
             print(f"skipped (not installed): {label}", file=sys.stderr)

@@ -16,6 +16,8 @@ from orders.models import FollowUp
 from orders.status import Step
 
 from . import selectors
+from .charts.presenters import dashboard_charts_present
+from .charts.selectors import dashboard_charts
 from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
 from .http import safe_next
@@ -33,7 +35,10 @@ def _page(request: HttpRequest, queryset, *, count_cap: int | None = None):
 @require_GET
 @staff_required()
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "ops/home.html", {"snapshot": selectors.dashboard_snapshot()})
+    return render(request, "ops/home.html", {
+        "snapshot": selectors.dashboard_snapshot(),
+        "charts": dashboard_charts_present(dashboard_charts()),
+    })
 
 
 @require_GET

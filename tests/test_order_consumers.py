@@ -108,9 +108,9 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
 
     first = await communicator.receive_from(timeout=5)
     for root in (f'id="saga-{order.pk}"', f'id="order-summary-{order.pk}"', f'id="order-actions-{order.pk}"',
-                 f'id="order-ledger-{order.pk}"'):
+                 f'id="order-ledger-{order.pk}"', f'id="order-{order.pk}-waterfall"'):
         assert root in first
-    assert first.count('hx-swap-oob="true"') == 4
+    assert first.count('hx-swap-oob="true"') == 5
     assert "hx-post=" not in first  # a viewer's buttons partial has no buttons
 
     detail = f"Charged 10.00 EUR (ref-{uuid.uuid4().hex[:8]})"

@@ -14,7 +14,9 @@ from orders.broadcast import OPS_GROUP, order_group
 from orders.live import CLOSE_NOT_FOUND, database_read, shared_renders
 from orders.models import Order
 from orders.selectors.ledger import order_detail
+from orders.selectors.waterfall import saga_waterfall
 
+from ..charts.presenters import waterfall_present
 from ..live import StaffConsumer
 from .presenters import ActionButtons, order_row_present
 from .selectors import order_actions, order_row_get
@@ -135,6 +137,14 @@ def render_row(order_id: int) -> str:
     return render_to_string("orders/partials/order_row.html", {"order": order_row_present(order), "oob": True})
 
 
+def render_waterfall(order_id: int) -> str:
+    """The saga's waterfall, out of band. Two queries (the order and its events)."""
+    waterfall = saga_waterfall(order_id)
+    if waterfall is None:
+        return ""
+    return render_to_string("ops/charts/waterfall.html", {"waterfall": waterfall_present(waterfall), "oob": True})
+
+
 def order_exists(order_id: int) -> bool:
     return Order.objects.filter(pk=order_id).exists()
 
@@ -176,12 +186,23 @@ class OrderDetailConsumer(StaffConsumer):
             if rendered is None:
                 return ""
             html, order, _ = rendered
-            return html + render_actions(order, self.permissions)
+            return html + render_actions(order, self.permissions) + render_waterfall(self.order_id)
 
         return await database_read(render)
 
     async def saga_event(self, message):
         await self.send_safely(lambda: self._event_frame(message["event"]))
+        # The waterfall redraws every row and rescales its axis, so a burst of events (a
+        # saga records several within milliseconds) gets one redraw, after the burst.
+        self._waterfall_after = message["event"]["id"]
+        self.coalesce(self._send_waterfall)
+
+    async def _send_waterfall(self, requested_at: float) -> None:
+        # Shared by every socket of the process on this order that saw the same last event:
+        # a render keyed by it started after that event was committed, so it includes it.
+        event_id = self._waterfall_after
+        await self.send_safely(
+            lambda: shared_renders.get(("waterfall", self.order_id, event_id), render_waterfall, self.order_id))
 
     async def _event_frame(self, event: dict) -> str:
         event_id, kind, step = event["id"], event["kind"], event["step"]

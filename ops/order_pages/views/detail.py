@@ -4,7 +4,9 @@ from django.http import Http404
 from django.shortcuts import render
 
 from orders.selectors.ledger import OrderDetail, order_detail
+from orders.selectors.waterfall import saga_waterfall_build
 
+from ...charts.presenters import waterfall_present
 from ...permissions import can_create_orders, staff_required
 from ..presenters import ActionButtons
 from ..selectors import order_actions, user_action_permissions
@@ -28,4 +30,6 @@ def order_detail_view(request, pk: int):
     context = detail_context(detail)
     context["actions"] = ActionButtons(order_actions(detail.order, user_action_permissions(request.user)))
     context["can_create"] = can_create_orders(request.user)
+    # From the events the timeline read already: no query of its own.
+    context["waterfall"] = waterfall_present(saga_waterfall_build(detail.timeline))
     return render(request, "orders/detail.html", context)
