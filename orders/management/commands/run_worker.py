@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand
 from temporalio.client import Client
 
 from orders.saga.worker import build_workers, import_at_start
+from ordersite import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ class Command(BaseCommand):
             raise SystemExit(2)
         # Before any workflow runs: see orders.saga.worker.import_at_start.
         import_at_start()
+        tracing.tracing_start(service="worker")
         asyncio.run(self._run(wanted))
 
     async def _run(self, queues):
-        client = await Client.connect(settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE)
+        client = await Client.connect(settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE,
+                                      interceptors=tracing.temporal_interceptors())
         workers = build_workers(client, queues=queues)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
