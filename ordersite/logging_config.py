@@ -124,15 +124,7 @@ def configure(*, json_lines: bool, level: str = "INFO", temporalio_level: str = 
         cache_logger_on_first_use=True,
     )
     _temporal_info_off_the_message()
-    if json_lines:
-        renderer = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(default=str)]
-    else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
-    formatter = {
-        "()": structlog.stdlib.ProcessorFormatter,
-        "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
-        "foreign_pre_chain": [*_shared_processors(), structlog.stdlib.PositionalArgumentsFormatter()],
-    }
+    formatter = {"()": structured_formatter, "json_lines": json_lines}
     quiet = {"handlers": ["console"], "propagate": False}
     return {
         "version": 1,
@@ -155,6 +147,19 @@ def configure(*, json_lines: bool, level: str = "INFO", temporalio_level: str = 
             "uvicorn.access": {**quiet, "level": "WARNING"},
         },
     }
+
+
+def structured_formatter(*, json_lines: bool) -> logging.Formatter:
+    """The handler's formatter: renders our structlog lines and formats stdlib records
+    (Django's, Celery's, temporalio's) through the same processors first."""
+    if json_lines:
+        renderer = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(default=str)]
+    else:
+        renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.PositionalArgumentsFormatter()],
+    )
 
 
 def _temporal_info_off_the_message() -> None:
