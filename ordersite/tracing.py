@@ -56,6 +56,21 @@ def tracing_start(*, service: str, exporter=None) -> bool:
         return True
 
 
+def tracing_stop() -> None:
+    """Take the instrumentations out again (tests: the rest of a test run goes untraced;
+    the tracer provider, global once set, stays)."""
+    global _started
+    with _lock:
+        if not _started:
+            return
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+        DjangoInstrumentor().uninstrument()
+        PsycopgInstrumentor().uninstrument()
+        _started = False
+
+
 def tracing_on() -> bool:
     return _started
 

@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 
 from ..circuit_breaker import BreakerGuarded, breaker_for
 from .base import Carrier, CustomerNotifier, PaymentGateway
+from .spans import Traced
 
 
 @cache
@@ -21,7 +22,8 @@ def _load(path: str):
 
 @cache
 def _guarded(path: str, breaker: str):
-    return BreakerGuarded(_load(path), breaker_for(breaker))
+    # The span is outside the breaker: a call refused by an open circuit shows in the trace too.
+    return Traced(BreakerGuarded(_load(path), breaker_for(breaker)), breaker)
 
 
 def payment_gateway() -> PaymentGateway:
@@ -33,4 +35,9 @@ def shipping_carrier() -> Carrier:
 
 
 def customer_notifier() -> CustomerNotifier:
-    return _load(settings.CUSTOMER_NOTIFIER)
+    return _traced_notifier(settings.CUSTOMER_NOTIFIER)
+
+
+@cache
+def _traced_notifier(path: str):
+    return Traced(_load(path), "notify")
