@@ -4,6 +4,7 @@ Defaults run on a laptop with nothing installed but Python: SQLite in var/, an e
 Redis started by the run command, and a Temporal dev server on localhost:7233.
 """
 
+import logging
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -316,6 +317,9 @@ INSTALLED_APPS.append("django_structlog")
 MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
                   "django_structlog.middlewares.RequestMiddleware")
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# One line per request (request_finished has the method, path, status, user and request id);
+# its request_started twin only at DEBUG.
+DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG
 # Traces: OpenTelemetry over OTLP/HTTP, only when OTEL_EXPORTER_OTLP_ENDPOINT is set (the
 # exporter reads it and the other standard OTEL_* variables itself); off, nothing is installed.
 OTEL_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "ordersite")
