@@ -27,6 +27,8 @@ from ordersite.logging_config import structured_formatter
 from .conftest import wait_for
 from .factories import make_product
 
+pytest_plugins = ["tests.background_fixtures"]
+
 
 class LogLines:
     """What the app logged during a test, one parsed JSON object per line."""
@@ -176,3 +178,19 @@ def test_log_format_is_chosen_by_environment(monkeypatch):
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(ImproperlyConfigured, match="LOG_FORMAT must be 'json' or 'console'"):
         json_lines_wanted(debug=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_task_carries_its_id_and_the_context_that_queued_it(log_lines, celery_worker):
+    from structlog.contextvars import bound_contextvars
+
+    from ops import tasks
+
+    # As a request that loaded an order and queued a job would have it bound.
+    with bound_contextvars(request_id="req-celery-1", order_id=4242):
+        result = tasks.stalled_saga_sweep.delay()
+    result.get(timeout=30)
+    task_lines = [line for line in log_lines.all() if line.get("task_id") == result.id]
+    assert {"task_started", "task_succeeded"} <= {line["event"] for line in task_lines}, log_lines.text
+    for line in task_lines:
+        assert line["request_id"] == "req-celery-1" and line["order_id"] == 4242
