@@ -101,7 +101,8 @@ def _shared_processors() -> list:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.ExtraAdder(allow=("status_code",)),
+        # Fields a stdlib call may pass as `extra=` (Django's status_code; our ids).
+        structlog.stdlib.ExtraAdder(allow=("status_code", "workflow_id", "order_id")),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_temporal_extras,
         add_trace_ids,
