@@ -101,6 +101,13 @@ async def test_an_order_is_followed_from_the_request_to_its_activities_by_its_id
     assert line["error_type"] == "PaymentDeclined"
     assert "request_id" not in line  # the worker's context, not the web request's
 
+    # The saga's events, one line each once committed, tell the order's story in the worker.
+    await wait_for(lambda: any(e.get("kind") == "finished" for e in log_lines.events("saga_event")),
+                   message="the saga's last event line")
+    story = [(e.get("step"), e["kind"]) for e in log_lines.events("saga_event") if e["order_id"] == order.pk]
+    assert ("validate", "started") in story and ("charge", "failed") in story and story[-1][1] == "finished", story
+    assert all(e["workflow_id"] == order.workflow_id for e in log_lines.events("saga_event"))
+
 
 @pytest.mark.parametrize("role_and_path", [
     ("viewer", "/orders/999999999/"),  # Http404 from the order page
