@@ -6,7 +6,7 @@ nothing is installed: no middleware, no database hooks, no Temporal interceptor,
 costs nothing.
 
 One trace runs from the create-order request (Django instrumentation) through the database
-(psycopg), the Temporal client's StartWorkflow, the workflow and each activity
+(psycopg), the Celery tasks it queues (Celery instrumentation), the Temporal client's StartWorkflow, the workflow and each activity
 (temporalio.contrib.opentelemetry.TracingInterceptor, carried in Temporal headers) to the
 gateway and carrier calls (orders/adapters/spans.py). An operator's signal carries its
 request's context too: the workflow's HandleSignal span links to it.
@@ -31,6 +31,7 @@ def tracing_start(*, service: str, exporter=None) -> bool:
             return True
         if exporter is None and not settings.TRACING_ENABLED:
             return False
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
         from opentelemetry.instrumentation.django import DjangoInstrumentor
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
         from opentelemetry.sdk.resources import Resource
@@ -52,6 +53,9 @@ def tracing_start(*, service: str, exporter=None) -> bool:
         # the entry points call this before get_asgi_application / the first request.
         DjangoInstrumentor().instrument(tracer_provider=provider)
         PsycopgInstrumentor().instrument(tracer_provider=provider, enable_commenter=False)
+        # A task queued by a request continues its trace (the context rides in the message
+        # headers), and a task's queries have a span to belong to, not one trace each.
+        CeleryInstrumentor().instrument(tracer_provider=provider)
         _started = True
         return True
 
@@ -63,11 +67,13 @@ def tracing_stop() -> None:
     with _lock:
         if not _started:
             return
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
         from opentelemetry.instrumentation.django import DjangoInstrumentor
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
         DjangoInstrumentor().uninstrument()
         PsycopgInstrumentor().uninstrument()
+        CeleryInstrumentor().uninstrument()
         _started = False
 
 

@@ -11,6 +11,7 @@ charge runs again after it. With OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing stay
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from .conftest import order_state, wait_for
 from .factories import make_product
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.background_fixtures"]
 STEP_ACTIVITIES = ["validate_order", "reserve_inventory", "charge_payment", "confirm_inventory",
                    "arrange_shipping", "notify_customer"]
 
@@ -137,6 +139,34 @@ async def test_an_operator_retry_reaches_the_step_it_unblocks(spans, saga_env, c
     after = [s for s in _in_trace(spans, saga_trace)
              if s.name == "payment.charge" and s.start_time > handled[0].start_time]
     assert after and after[-1].status.status_code != StatusCode.ERROR
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_task_continues_the_trace_that_queued_it(spans, celery_worker):
+    from ops import tasks
+
+    with tracing.span("a request queuing a job") as queuing:
+        result = tasks.stalled_saga_sweep.delay()
+    result.get(timeout=30)
+    trace_id = queuing.get_span_context().trace_id
+    name = "run/ops.tasks.stalled_saga_sweep"
+    run = wait_for_sync(lambda: [s for s in _in_trace(spans, trace_id) if s.name == name], what=name)
+    assert len(run) == 1 and run[0].kind == SpanKind.CONSUMER
+    if connection.vendor == "postgresql":
+        # The sweep's queries belong to the task's span, not to a trace of their own each.
+        queries = [s for s in _in_trace(spans, trace_id) if s.attributes.get("db.system") == "postgresql"]
+        assert queries and all(q.parent.span_id == run[0].context.span_id for q in queries
+                               if q.start_time > run[0].start_time)
+
+
+def wait_for_sync(found, what: str, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 _PROBE = """
