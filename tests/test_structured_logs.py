@@ -13,6 +13,7 @@ Temporal dev server and database.
 import io
 import json
 import logging
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -197,7 +198,16 @@ def test_a_celery_task_carries_its_id_and_the_context_that_queued_it(log_lines, 
     with bound_contextvars(request_id="req-celery-1", order_id=4242):
         result = tasks.stalled_saga_sweep.delay()
     result.get(timeout=30)
-    task_lines = [line for line in log_lines.all() if line.get("task_id") == result.id]
-    assert {"task_started", "task_succeeded"} <= {line["event"] for line in task_lines}, log_lines.text
-    for line in task_lines:
+
+    def task_lines():
+        return [line for line in log_lines.all() if line.get("task_id") == result.id]
+
+    # task_succeeded is logged just after the result is stored: wait for it.
+    deadline = time.monotonic() + 10
+    while "task_succeeded" not in {line["event"] for line in task_lines()} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {"task_started", "task_succeeded"} <= {line["event"] for line in task_lines()}, log_lines.text
+    for line in task_lines():
         assert line["request_id"] == "req-celery-1" and line["order_id"] == 4242
+    # Queued once, logged once.
+    assert len([line for line in log_lines.events("task_enqueued") if line["child_task_id"] == result.id]) == 1
