@@ -26,6 +26,7 @@ from orders.status import SagaStatus
 from ordersite import tracing
 
 from .conftest import order_state, wait_for
+from .test_structured_logs import log_lines  # noqa: F401  (the fixture)
 from .factories import make_product
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ async def _create_order(client, staff_user, fault_preset: str = "") -> tuple[Ord
 
 
 async def test_one_trace_from_the_create_request_to_every_activity_and_the_gateway(
-    spans, saga_env, client, staff_user,
+    spans, saga_env, client, staff_user, log_lines,
 ):
     order, _ = await _create_order(client, staff_user)
     assert await saga_env.result(order) == "completed"
@@ -107,6 +108,12 @@ async def test_one_trace_from_the_create_request_to_every_activity_and_the_gatew
         assert queries, sorted(names)
         assert any(by_id.get(q.parent.span_id) and by_id[q.parent.span_id].name.startswith("RunActivity:")
                    for q in queries if q.parent)
+
+    # The log lines of the request and of every activity carry the trace's id.
+    trace_hex = format(request.context.trace_id, "032x")
+    story = [line for line in log_lines.events("saga_event") if line["order_id"] == order.pk]
+    assert story and all(line["trace_id"] == trace_hex for line in story), story
+    assert log_lines.events("order_created")[0]["trace_id"] == trace_hex
 
     # Every span of the saga has its parent in the trace, up to the request itself.
     roots = [s for s in in_trace if s.parent is None or s.parent.span_id not in by_id]
