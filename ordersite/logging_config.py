@@ -64,6 +64,7 @@ def add_trace_ids(logger, method_name: str, event_dict: dict) -> dict:
     return event_dict
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LOGGED = "_ordersite_logged"
 
 
@@ -112,6 +113,10 @@ def _shared_processors() -> list:
 
 def configure(*, json_lines: bool, level: str = "INFO", temporalio_level: str = "WARNING") -> dict:
     """Configure structlog and return the LOGGING dict for Django's dictConfig."""
+    for name, value in (("LOG_LEVEL", level), ("LOG_LEVEL_TEMPORALIO", temporalio_level)):
+        if value not in _LEVELS:
+            # dictConfig would fail later with a bare "Unknown level" traceback.
+            raise ImproperlyConfigured(f"{name} must be one of {', '.join(_LEVELS)}, not {value!r}")
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

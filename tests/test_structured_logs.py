@@ -188,6 +188,15 @@ def test_log_format_is_chosen_by_environment(monkeypatch):
         json_lines_wanted(debug=False)
 
 
+def test_a_bad_log_level_is_a_clear_message():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from ordersite.logging_config import configure
+
+    with pytest.raises(ImproperlyConfigured, match="LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+        configure(json_lines=True, level="LOUD")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_celery_task_carries_its_id_and_the_context_that_queued_it(log_lines, celery_worker):
     from structlog.contextvars import bound_contextvars
