@@ -151,6 +151,10 @@ def configure(*, json_lines: bool, level: str = "INFO", temporalio_level: str = 
             "uvicorn": {**quiet, "level": level},
             "uvicorn.error": {**quiet, "level": level},
             "uvicorn.access": {**quiet, "level": "WARNING"},
+            # django-structlog's Celery receiver logs each task's end once, with its id and the
+            # context that queued it (task_succeeded, task_retrying, task_failed with its
+            # traceback); Celery's own trace lines would say each again, a failure's traceback too.
+            "celery.app.trace": {"handlers": [], "propagate": False, "level": "CRITICAL"},
         },
     }
 

@@ -170,6 +170,24 @@ async def test_a_crashing_activity_is_logged_once_at_error_with_its_context(saga
     assert not [line for line in log_lines.all() if "Completing activity as failed" in line.get("event", "")]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_celery_task_is_logged_once_at_error_with_its_traceback(log_lines, celery_worker):
+    from ops import tasks
+
+    result = tasks.bulk_operation_run.delay(987654321)  # no such operation: a bug, not a retry
+    with pytest.raises(Exception, match="does not exist"):
+        result.get(timeout=30)
+    deadline = time.monotonic() + 10
+    while not [line for line in log_lines.all() if line["level"] == "error"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second report of it would come right after the first
+    errors = [line for line in log_lines.all() if line["level"] == "error"]
+    assert len(errors) == 1, log_lines.text
+    assert errors[0]["event"] == "task_failed" and errors[0]["task_id"] == result.id
+    assert "DoesNotExist" in errors[0]["exception"]
+    assert log_lines.text.count("Traceback") == 1
+
+
 def test_log_format_is_chosen_by_environment(monkeypatch):
     from django.core.exceptions import ImproperlyConfigured
 
