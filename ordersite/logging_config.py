@@ -154,7 +154,8 @@ def configure(*, json_lines: bool, level: str = "INFO", temporalio_level: str = 
             # django-structlog's Celery receiver logs each task's end once, with its id and the
             # context that queued it (task_succeeded, task_retrying, task_failed with its
             # traceback); Celery's own trace lines would say each again, a failure's traceback too.
-            "celery.app.trace": {"handlers": [], "propagate": False, "level": "CRITICAL"},
+            # Its INTERNAL ERROR (critical) still shows.
+            "celery.app.trace": {**quiet, "level": "CRITICAL"},
         },
     }
 
