@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from orders.log_context import order_scope
 from orders.models import OperatorAction, Order
 from orders.status import SagaStatus, Step
 
@@ -182,7 +183,9 @@ def bulk_operation_execute(*, operation_id: int, heartbeat=None) -> BulkOperatio
         for item_id, order_id in batch:
             if heartbeat:
                 heartbeat()
-            _item_send(operation, item_id, order_id, reason)
+            # Each order's lines carry its id, and only its own (the next order rebinds).
+            with order_scope(order_id):
+                _item_send(operation, item_id, order_id, reason)
     # The counters were bumped one by one; settle them from the items, which are the truth.
     counts = operation.items.aggregate(
         done=Count("pk", filter=Q(state=Item.DONE)), failed=Count("pk", filter=Q(state=Item.FAILED)),

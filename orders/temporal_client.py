@@ -3,17 +3,21 @@
 from django.conf import settings
 from temporalio.client import Client
 
+from ordersite import tracing
+
 from . import async_bridge
 
-_clients: dict[tuple[str, str], Client] = {}
+_clients: dict[tuple[str, str, bool], Client] = {}
 
 
 async def get_client() -> Client:
     """A connected client for the configured address (connections are made once per address)."""
-    key = (settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE)
+    # With tracing on, the client carries each caller's trace into Temporal (StartWorkflow,
+    # SignalWorkflow headers), so the workflow and its activities join the request's trace.
+    key = (settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE, tracing.tracing_on())
     client = _clients.get(key)
     if client is None:
-        client = await Client.connect(key[0], namespace=key[1])
+        client = await Client.connect(key[0], namespace=key[1], interceptors=tracing.temporal_interceptors())
         _clients[key] = client
     return client
 

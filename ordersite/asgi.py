@@ -5,6 +5,11 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+# Traces (when OTEL_EXPORTER_OTLP_ENDPOINT is set): the Django middleware goes in before
+# the handler below loads the middleware chain.
+from ordersite import tracing  # noqa: E402
+
+tracing.tracing_start(service="web")
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 

@@ -4,6 +4,7 @@ Defaults run on a laptop with nothing installed but Python: SQLite in var/, an e
 Redis started by the run command, and a Temporal dev server on localhost:7233.
 """
 
+import logging
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -347,11 +348,27 @@ CELERY_METRICS_ADDRESS = os.environ.get("CELERY_METRICS_ADDRESS", "127.0.0.1:910
 # /readyz and the worker probes: how long each dependency gets to answer.
 HEALTH_CHECK_TIMEOUT_SECONDS = env_float("HEALTH_CHECK_TIMEOUT_SECONDS", 2)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"temporalio": {"level": "WARNING"}},
-}
+# --- logs and traces (ordersite/logging_config.py, ordersite/tracing.py) --------------------
+# Structured logs: JSON lines when DEBUG is off or DJANGO_ENV=production, readable lines in
+# dev; LOG_FORMAT=json|console chooses outright. Every line carries the request, order,
+# workflow and trace ids known where it was written.
+from ordersite import logging_config  # noqa: E402  (kept with the settings that use it)
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+LOG_JSON = logging_config.json_lines_wanted(debug=DEBUG)
+LOGGING = logging_config.configure(
+    json_lines=LOG_JSON, level=LOG_LEVEL, temporalio_level=os.environ.get("LOG_LEVEL_TEMPORALIO", "WARNING").upper()
+)
+# Request id, user and ip bound on every request's lines (and handed on to the Celery tasks
+# it queues); the request's end is logged once, by status (a 4xx at warning, without traceback).
+INSTALLED_APPS.append("django_structlog")
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "django_structlog.middlewares.RequestMiddleware")
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# One line per request (request_finished has the method, path, status, user and request id);
+# its request_started twin only at DEBUG.
+DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG
+# Traces: OpenTelemetry over OTLP/HTTP, only when OTEL_EXPORTER_OTLP_ENDPOINT is set (the
+# exporter reads it and the other standard OTEL_* variables itself); off, nothing is installed.
+OTEL_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "ordersite")
+TRACING_ENABLED = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))

@@ -191,7 +191,8 @@ async def workflow_describe(client, workflow_id: str) -> WorkflowSnapshot:
         try:
             await _history_detail(client, snapshot)
         except RPCError:
-            logger.warning("could not read the history of %s", workflow_id, exc_info=True)
+            logger.warning("could not read the history of %s", workflow_id, exc_info=True,
+                           extra={"workflow_id": workflow_id})  # the line names its order too
     return snapshot
 
 

@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 from ..circuit_breaker import BreakerGuarded, breaker_for
 from ..metrics import Instrumented
 from .base import Carrier, CustomerNotifier, PaymentGateway
+from .spans import Traced
 
 
 @cache
@@ -22,8 +23,9 @@ def _load(path: str):
 
 @cache
 def _guarded(path: str, breaker: str):
-    # Counted and timed outside the breaker, so calls it refuses show as errors too.
-    return Instrumented(BreakerGuarded(_load(path), breaker_for(breaker)), METRICS_SERVICE[breaker])
+    # Counted, timed and traced outside the breaker, so calls it refuses show as errors in
+    # the metrics and in the trace too.
+    return Instrumented(Traced(BreakerGuarded(_load(path), breaker_for(breaker)), breaker), METRICS_SERVICE[breaker])
 
 
 # The service label of the gateway's and the carrier's metrics (orders.metrics.OUTSIDE_*).
@@ -39,4 +41,9 @@ def shipping_carrier() -> Carrier:
 
 
 def customer_notifier() -> CustomerNotifier:
-    return _load(settings.CUSTOMER_NOTIFIER)
+    return _traced_notifier(settings.CUSTOMER_NOTIFIER)
+
+
+@cache
+def _traced_notifier(path: str):
+    return Traced(_load(path), "notify")

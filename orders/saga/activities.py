@@ -25,11 +25,13 @@ from redis.exceptions import RedisError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
+from ordersite.logging_config import mark_logged
+
 from .. import metrics
 from ..circuit_breaker import breaker_for
 from ..crashpoints import crash_point
 from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
-
+from ..log_context import get_logger
 from ..services import inventory, notifications, ordering, payments, shipping
 from ..services.outages import saga_step_waiting
 from ..services.saga import saga_step_failed, saga_step_started, saga_transition_record
@@ -40,6 +42,9 @@ from .shared import (
     StepInput,
     StepResult,
 )
+
+# Lines carry the activity's workflow, run, attempt and order (orders/saga/log_context.py).
+logger = get_logger(__name__)
 
 # The activities each worker runs, by the name Temporal knows them under. The worker is
 # built from these, and a test replaces one by that name (build_workers(activity_overrides=)).
@@ -168,8 +173,8 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
             measured("infrastructure")
             # Our database or Redis, not the customer, the gateway or the mail: nothing is
             # recorded against the step (the database may well be what is down).
-            activity.logger.warning("step %s of order %s: our infrastructure failed: %s",
-                                    inp.step.value, inp.order_id, infrastructure)
+            logger.warning("step_infrastructure_unavailable", step=inp.step.value, error=str(infrastructure),
+                           error_type=type(infrastructure).__name__)
             raise ApplicationError(
                 f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})".strip(),
                 type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,
@@ -181,11 +186,16 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
                          error=f"{'Compensation failed: ' if compensation else ''}{exc}")
         if isinstance(exc, OrderError):
             # An outcome the saga expects (a decline, an outage): recorded above, so the
-            # worker logs it quietly. Anything else is a bug and keeps its traceback.
+            # worker logs it quietly (one info line with its order). Anything else is a bug
+            # and keeps its traceback, logged once (here; see logging_config.LoggedOnce).
+            logger.info("step_failed", step=inp.step.value, compensation=compensation, error=str(exc),
+                        error_type=type(exc).__name__)
             raise ApplicationError(
                 str(exc), type=type(exc).__name__, non_retryable=type(exc).__name__ in NON_RETRYABLE_ERRORS,
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc
+        logger.exception("step_crashed", step=inp.step.value, compensation=compensation)
+        mark_logged(exc)
         raise
 
 

@@ -15,9 +15,12 @@ from temporalio.worker import Worker
 from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from ordersite import tracing
+
 from .. import adapters, broadcast, metrics
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
 from .delivery_tracker import DeliveryTrackingWorkflow
+from .log_context import ActivityLogContext
 from .order_saga import OrderSagaWorkflow
 
 # On SIGTERM, running activities get this long to finish before they are cancelled.
@@ -43,6 +46,8 @@ def workflow_runner(sandboxed: bool | None = None) -> WorkflowRunner:
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
             "orders.saga.shared", "orders.saga.policies", "orders.errors", "orders.metrics", "prometheus_client",
+            # The tracing interceptor's workflow side keeps its spans in OpenTelemetry's context.
+            "opentelemetry",
         )
     )
 
@@ -117,6 +122,8 @@ def build_workers(
     def with_overrides(activities: dict[str, Callable]) -> list[Callable]:
         return [overrides.get(name, fn) for name, fn in activities.items()]
 
+    # Log context on every activity's lines; spans for workflows and activities when tracing is on.
+    interceptors = [ActivityLogContext(), *tracing.worker_interceptors(client)]
     workers = []
     if "orders" in queues:
         workers.append(
@@ -128,6 +135,7 @@ def build_workers(
                 activity_executor=executor,
                 workflow_runner=workflow_runner(sandboxed),
                 max_concurrent_activities=24,
+                interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             )
         )
@@ -140,6 +148,7 @@ def build_workers(
                 activity_executor=executor,
                 # The gateway is rate limited: this bounds charges in flight per worker.
                 max_concurrent_activities=settings.PAYMENTS_MAX_CONCURRENCY,
+                interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             )
         )

@@ -8,17 +8,16 @@ through operator_action_outcome_record (from its bookkeeping activity), so the r
 saying what really happened, and the saga event it caused points to it.
 """
 
-import logging
-
 from django.db import transaction
 
 from ..locks import lock_order
+from ..log_context import get_logger, order_bind
 from ..models import FollowUp, OperatorAction, Order
 from ..saga.shared import CANCELLABLE_STEPS, OperatorCommand
 from ..status import TERMINAL_SAGA_STATUSES, SagaStatus
 from ..temporal_client import run_with_client
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 Action = OperatorAction.Action
 Outcome = OperatorAction.Outcome
@@ -63,8 +62,10 @@ def operator_action_send(*, order_id: int, action: str, actor, reason: str = "")
         raise ActionNotAllowed(f"Unknown action {action!r}.")
     with transaction.atomic():
         order = lock_order(order_id)
+        order_bind(order)
         why_not = operator_action_check(order, action)
         if why_not:
+            logger.info("operator_action_refused", action=action, reason=why_not)
             raise ActionNotAllowed(why_not)
         audit = OperatorAction.objects.create(order=order, action=action, actor=actor, reason=reason.strip()[:2000])
     _signal(audit, order.workflow_id)
@@ -81,11 +82,13 @@ def _signal(audit: OperatorAction, workflow_id: str) -> None:
     try:
         run_with_client(send, timeout=15)
     except Exception as exc:
-        logger.warning("signal %s to %s failed: %s", audit.action, workflow_id, exc)
+        logger.warning("operator_action_signal_failed", action=audit.action, action_id=audit.pk,
+                       workflow_id=workflow_id, error=str(exc) or type(exc).__name__)
         OperatorAction.objects.filter(pk=audit.pk).update(
             outcome=Outcome.FAILED, outcome_detail=f"Could not reach the saga: {exc}"
         )
         return
+    logger.info("operator_action_sent", action=audit.action, action_id=audit.pk, workflow_id=workflow_id)
     # The saga may already have recorded applied/ignored: only move on from 'requested'.
     OperatorAction.objects.filter(pk=audit.pk, outcome=Outcome.REQUESTED).update(outcome=Outcome.SENT)
 

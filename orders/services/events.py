@@ -4,11 +4,17 @@ Call these inside the transaction that makes the business change, so the event e
 if and only if the change does. Broadcasts go out after commit.
 """
 
+import logging
+
+from django.db import transaction
 from django.utils import timezone
 
 from ..broadcast import OPS_GROUP, order_group, publish_on_commit
+from ..log_context import get_logger
 from ..models import Order, SagaEvent
 from ..status import STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES, check_transition, status_is_behind
+
+logger = get_logger(__name__)
 
 
 def _order_snapshot(order: Order) -> dict:
@@ -62,7 +68,18 @@ def saga_event_record(
             "order": _order_snapshot(order),
         },
     )
+    _log_on_commit(order, event)
     return event
+
+
+def _log_on_commit(order: Order, event: SagaEvent) -> None:
+    # One line per event of the saga, once it is committed: the order's story in the logs.
+    # A stuck saga waits for staff: a warning. The order is named explicitly (not bound), as
+    # a caller may record events for many orders in one task.
+    level = logging.WARNING if event.kind == SagaEvent.Kind.STUCK else logging.INFO
+    fields = {"order_id": order.pk, "order_number": order.number, "kind": event.kind, "step": event.step or None,
+              "attempt": event.attempt, "saga_status": order.saga_status, "detail": event.detail[:300] or None}
+    transaction.on_commit(lambda: logger.log(level, "saga_event", **fields))
 
 
 def order_saga_state_set(order: Order, **state: str | None) -> None:

@@ -13,10 +13,12 @@ from django.db import transaction
 from ..errors import OrderInvalid
 from ..faults import FaultPlanInvalid, fault_plan_clean
 from ..locks import lock_order
+from ..log_context import get_logger, order_bind
 from ..models import Order, OrderLine, Product, SagaEvent
 from ..status import OrderStatus, SagaStatus
 from .events import saga_event_record
 
+logger = get_logger(__name__)
 
 @dataclass(frozen=True)
 class LineRequest:
@@ -94,6 +96,7 @@ def order_create(
         order.number = f"SO-{order.pk:06d}"
         order.workflow_id = order_workflow_id(order.pk)
         order.save(update_fields=["number", "workflow_id"])
+        order_bind(order)
         OrderLine.objects.bulk_create(
             OrderLine(order=order, product_id=pid, quantity=qty, unit_price=products[pid].price)
             for pid, qty in quantities.items()
@@ -102,6 +105,7 @@ def order_create(
             from .saga import saga_start  # the saga module imports this one
 
             transaction.on_commit(lambda: saga_start(order_id=order.pk))
+    logger.info("order_created", workflow_id=order.workflow_id, total=str(total), lines=len(quantities))
     return order
 
 

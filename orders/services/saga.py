@@ -8,9 +8,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 
 from .. import metrics
 from ..locks import lock_order
+from ..log_context import get_logger, order_bind
 from ..models import OperatorAction, Order, SagaEvent
 from ..saga import search_attributes as sa
 from ..saga.shared import RetrySettings, SagaInput, SagaTransition, StepName
@@ -19,9 +21,11 @@ from ..temporal_client import run_with_client
 from .commands import operator_action_outcome_record
 from .events import order_saga_state_set, saga_event_record
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SAGA_WORKFLOW = "OrderSaga"
+# What a start raises when Temporal cannot be reached (connect fails with a RuntimeError).
+TEMPORAL_UNREACHABLE = (RPCError, TimeoutError, OSError, RuntimeError)
 
 
 def customer_search_id(email: str) -> str:
@@ -52,6 +56,7 @@ def saga_start(*, order_id: int) -> bool:
     and starting it again later (the stalled-saga sweeper does) picks it up.
     """
     order = Order.objects.get(pk=order_id)
+    order_bind(order)
     attributes = TypedSearchAttributes(
         [
             SearchAttributePair(sa.ORDER_ID, order.pk),
@@ -74,9 +79,14 @@ def saga_start(*, order_id: int) -> bool:
 
     try:
         run_with_client(start, timeout=15)
+        logger.info("saga_started", workflow_id=order.workflow_id)
         return True
     except Exception as exc:
-        logger.exception("could not start the saga of order %s", order_id)
+        # Temporal down or slow is expected (the sweeper starts the saga later): a warning
+        # without traceback. Anything else is a bug: an error with its traceback.
+        logger.log(logging.WARNING if isinstance(exc, TEMPORAL_UNREACHABLE) else logging.ERROR, "saga_start_failed",
+                   workflow_id=order.workflow_id, error=str(exc) or type(exc).__name__, error_type=type(exc).__name__,
+                   exc_info=not isinstance(exc, TEMPORAL_UNREACHABLE))
         with transaction.atomic():
             order = lock_order(order_id)
             message = f"Could not start the saga (will be retried): {exc}"
@@ -97,6 +107,7 @@ def saga_step_started(*, order_id: int, step: str, step_key: str, attempt: int, 
     Locks: the order row."""
     with transaction.atomic():
         order = lock_order(order_id)
+        order_bind(order)
         if compensation:
             saga_event_record(order, kind=SagaEvent.Kind.COMPENSATING, step=step, detail=detail, attempt=attempt,
                               key=step_event_key(step_key, attempt, SagaEvent.Kind.COMPENSATING))
@@ -130,6 +141,7 @@ def saga_transition_record(transition: SagaTransition, *, fallback_key: str = ""
     key = transition.key or fallback_key
     with transaction.atomic():
         order = lock_order(transition.order_id)
+        order_bind(order)
         if key and SagaEvent.objects.filter(idempotency_key=key).exists():
             return False
         action_id = None

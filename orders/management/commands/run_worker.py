@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand
 from temporalio.client import Client
 
 from orders.saga.worker import build_workers, import_at_start, temporal_runtime, worker_metrics_start
+from ordersite import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Command(BaseCommand):
             raise SystemExit(2)
         # Before any workflow runs: see orders.saga.worker.import_at_start.
         import_at_start()
+        tracing.tracing_start(service="worker")
         asyncio.run(self._run(wanted))
 
     async def _run(self, queues):
@@ -36,6 +38,7 @@ class Command(BaseCommand):
         worker_metrics_start()
         runtime = temporal_runtime()
         client = await Client.connect(settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE,
+                                      interceptors=tracing.temporal_interceptors(),
                                       **({"runtime": runtime} if runtime else {}))
         workers = build_workers(client, queues=queues)
         stop = asyncio.Event()
