@@ -35,6 +35,7 @@ from .permissions import OPERATE_SAGAS, VIEW_ORDERS, WORK_FOLLOWUPS
 # bulk action, which runs in the background and shows its progress.
 ADMIN_ACTION_MAX_ORDERS = 50
 RESTOCK_MAX_QUANTITY = 1_000_000
+ADDRESS_FIELDS = ("ship_name", "ship_line1", "ship_line2", "ship_postcode", "ship_city", "ship_country", "phone")
 
 
 def _staff_order_url(order_id: int) -> str | None:
@@ -209,10 +210,12 @@ class OrderAdmin(ViewOnlyAdmin):
     readonly_fields = [
         "number", "customer_name", "customer_email", "currency", "total", "status", "saga_status", "current_step",
         "last_error", "stuck_since", "workflow_id", "fault_plan", "created_by", "created_at", "updated_at",
-        "last_event_at", "staff_page",
+        "last_event_at", "staff_page", *ADDRESS_FIELDS,
     ]
     fieldsets = [
         (None, {"fields": ["number", "staff_page", "customer_name", "customer_email", "currency", "total", "created_by", "created_at"]}),
+        # Read-only like the rest: the carrier was booked to this address.
+        ("Shipping address", {"fields": list(ADDRESS_FIELDS)}),
         ("Saga", {"fields": ["status", "saga_status", "current_step", "last_error", "stuck_since", "workflow_id", "last_event_at", "updated_at", "fault_plan"]}),
     ]
     actions = ["retry", "compensate", "resend"]

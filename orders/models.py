@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from .addresses import COUNTRIES
 from .saga.shared import EVENT_KIND_LABELS, EventKind
 from .status import OrderStatus, SagaStatus, Step
 
@@ -50,6 +51,15 @@ class Order(models.Model):
     number = models.CharField(max_length=20, unique=True, blank=True)
     customer_name = models.CharField(max_length=200)
     customer_email = models.EmailField(db_index=True)
+    # Where the parcel goes and how to reach the customer (orders.addresses validates them).
+    # Blank on orders placed before addresses were taken.
+    ship_name = models.CharField(max_length=200, blank=True)
+    ship_line1 = models.CharField(max_length=200, blank=True)
+    ship_line2 = models.CharField(max_length=200, blank=True)
+    ship_postcode = models.CharField(max_length=20, blank=True)
+    ship_city = models.CharField(max_length=100, blank=True)
+    ship_country = models.CharField(max_length=2, blank=True, choices=sorted(COUNTRIES.items()))
+    phone = models.CharField(max_length=32, blank=True)
     currency = models.CharField(max_length=3, default="EUR")
     total = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.PLACED)

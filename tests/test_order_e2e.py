@@ -38,6 +38,7 @@ async def test_order_created_on_the_page_is_rescued_and_shows_every_step_succeed
     response = await sync_to_async(client.post)(reverse("orders:create"), {
         "customer_name": "Katherine Johnson", "customer_email": "katherine@example.com",
         "line-0-product": str(product.pk), "line-0-quantity": "2", "fault_preset": "gateway_outage",
+        "ship_line1": "Rue de Rivoli 1", "ship_postcode": "75001", "ship_city": "Paris", "ship_country": "FR",
     })
     order = await sync_to_async(Order.objects.get)()
     assert response.status_code == 302 and response["Location"] == reverse("orders:detail", args=[order.pk])
