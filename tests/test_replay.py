@@ -24,6 +24,8 @@ from ops.services import followup_resend, order_cancel, saga_retry, saga_retry_c
 from .conftest import order_state, wait_for
 from .factories import make_order
 
+from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
+from orders.saga.shared import DeliveredSignal, delivery_workflow_id
 from orders.saga.worker import WORKFLOWS, workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -82,6 +84,17 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
     await sync_to_async(saga_retry)(order_id=stuck.pk, actor=operator_user)
 
     record_to = os.environ.get("RECORD_HISTORIES")
+    # The completed saga's delivery tracker, ended by a `delivered` signal (as staff did before issue 8).
+    tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(sagas["completed"].workflow_id))
+    await saga_env.result(sagas["completed"])
+    await tracker.signal(DeliveryTrackingWorkflow.delivered, DeliveredSignal(source="staff"))
+    await asyncio.wait_for(tracker.result(), 60)
+    history = await tracker.fetch_history()
+    await replayer().replay_workflow(history)
+    if record_to:
+        Path(record_to).mkdir(parents=True, exist_ok=True)
+        (Path(record_to) / f"tracker_delivered_signal-{tracker.id}.json").write_text(history.to_json())
+
     for name, order in sagas.items():
         if name == "temporal_cancelled":
             with pytest.raises(WorkflowFailureError):
