@@ -146,3 +146,27 @@ async def test_nobody_decides_so_the_tracker_gives_up(saga_env, operator_user, s
         await sync_to_async(delivery_mark_delivered)(order_id=order.pk, actor=operator_user)
     resolved = await sync_to_async(followup_resolve)(order_id=order.pk, actor=operator_user, reason="called")
     assert resolved.outcome == "applied" and await sync_to_async(open_followups)(order.pk) == []
+
+
+async def test_a_tracker_left_running_for_a_closed_order_is_caught(saga_env):
+    """The invariant and reconciliation both see a tracker running for a delivered order."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from ops.reconciliation_checks import Findings, _check_workflows
+    from orders.services.shipping import shipment_mark_delivered
+
+    from .invariants import assert_no_open_tracker_for_closed_order
+
+    order, tracker = await completed_order(saga_env)
+    await assert_no_open_tracker_for_closed_order(saga_env.client)  # open delivery, running tracker: fine
+    # Delivered behind the tracker's back (as a bug would): it keeps running.
+    await sync_to_async(shipment_mark_delivered)(order_id=order.pk, source="a bug")
+    with pytest.raises(AssertionError, match="still running for closed orders"):
+        await assert_no_open_tracker_for_closed_order(saga_env.client)
+    found = Findings(run=None, max_per_kind=10)
+    await sync_to_async(_check_workflows)(found, {tracker.id: "DeliveryTracking"}, timezone.now() + timedelta(hours=1))
+    assert [d.kind for d in found.rows] == ["orphan_workflow"]
+    assert "is still running although" in found.rows[0].detail and order.number in found.rows[0].detail
+    await tracker.terminate("test over")

@@ -130,6 +130,9 @@ def shipment_mark_delivered(*, order_id: int, source: str) -> None:
         order = lock_order(order_id)
         if order.status == OrderStatus.DELIVERED:
             return
-        Shipment.objects.filter(order=order).update(state=Shipment.State.DELIVERED, delivered_at=timezone.now())
+        now = timezone.now()
+        # The tracker that calls this (trackers from before "tracker-ends") ends right after.
+        Shipment.objects.filter(order=order).update(state=Shipment.State.DELIVERED, delivered_at=now,
+                                                    tracking_ended_at=now)
         saga_event_record(order, kind=SagaEvent.Kind.FINISHED, step="ship", detail=f"Delivered (reported by {source})",
                           status=OrderStatus.DELIVERED)
