@@ -252,7 +252,8 @@ class SandboxNotifier:
             raise NotificationFailed(f"mail server refused the message to {notification.to} (sandbox fault)")
         if fault.kind == "transient":
             sandbox_fail_transiently(
-                "notify", f"notify-order-{notification.order_id}", fault.count, NotificationFailed
+                # Per message: the tracker's shipped email does not use up the confirmation's failures.
+                "notify", notification.idempotency_key, fault.count, NotificationFailed
             )
         key = notification.idempotency_key
         try:
