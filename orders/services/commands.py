@@ -50,7 +50,7 @@ def operator_action_check(order: Order, action: str) -> str | None:
             return f"Order {order.number} can no longer be cancelled: shipping has been arranged."
     elif action == Action.RESEND:
         if not order.followups.filter(state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).exists():
-            return f"Order {order.number} has no open follow-up to resend."
+            return f"Order {order.number} has no open follow-up."
     elif action == Action.RESOLVED:
         if not order.followups.filter(state=FollowUp.State.OPEN).exists():
             return f"Order {order.number} has no open follow-up."
