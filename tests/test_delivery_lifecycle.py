@@ -116,7 +116,7 @@ async def test_report_lost_reship_opens_a_reship_followup(saga_env, operator_use
     assert await sync_to_async(open_followups)(order.pk) == ["reship_due"]
 
 
-async def test_failed_delivery_opens_a_followup_and_delivery_closes_it(saga_env):
+async def test_failed_delivery_opens_a_followup_and_delivery_closes_it(saga_env, operator_user):
     order, tracker = await completed_order(saga_env)
     tracking = await sync_to_async(lambda: Shipment.objects.get(order=order).tracking_number)()
 
@@ -133,6 +133,14 @@ async def test_failed_delivery_opens_a_followup_and_delivery_closes_it(saga_env)
     assert await sync_to_async(open_followups)(order.pk) == []
     followup = await sync_to_async(FollowUp.objects.get)(order=order, kind="delivery_failed")
     assert followup.resolution == "delivered"
+    # Staff and the customer see what the carrier said.
+    staff = Client()
+    await sync_to_async(staff.force_login)(operator_user)
+    page = (await sync_to_async(staff.get)(reverse("orders:detail", args=[order.pk]))).content.decode()
+    assert "Carrier: delivery failed" in page and "Delivered (reported by carrier webhook)" in page
+    customer = await sync_to_async(Client().get)(reverse("customer:status", args=[order.public_token]))
+    assert customer.status_code == 200 and "Delivered" in customer.content.decode()
+    assert tracking in customer.content.decode()
 
 
 async def test_nobody_decides_so_the_tracker_gives_up(saga_env, operator_user, settings):
