@@ -198,3 +198,28 @@ def test_only_post_and_no_csrf_needed_here_but_elsewhere(shipped_order, staff_us
     staff.force_login(staff_user("operator"))
     response = staff.post(reverse("orders:action", args=[shipped_order.pk, "mark_delivered"]), {"reason": ""})
     assert response.status_code == 403 and b"CSRF" in response.content
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_carrier_event_reaches_open_pages_live(temporal_server):
+    """Through the saga-event broadcast path: the order's group (its pages) hears it after commit."""
+    from channels.layers import get_channel_layer
+
+    from orders.broadcast import order_group
+
+    order = await sync_to_async(make_order)(start_saga=False, shipping_address=AMSTERDAM)
+    await sync_to_async(order_completed)(order)
+    tracking = await sync_to_async(lambda: Shipment.objects.get(order=order).tracking_number)()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(order_group(order.pk), channel)
+    try:
+        response = await sync_to_async(signed_post)(event_body(tracking, "in_transit", event_id="evt_live"))
+        assert response.status_code == 200
+        message = await asyncio.wait_for(layer.receive(channel), 10)
+        while message["event"]["kind"] != "signal":
+            message = await asyncio.wait_for(layer.receive(channel), 10)
+        assert message["type"] == "saga.event" and message["event"]["step"] == "ship"
+        assert "Carrier: in transit" in message["event"]["detail"]
+    finally:
+        await layer.group_discard(order_group(order.pk), channel)
