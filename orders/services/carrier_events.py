@@ -185,6 +185,7 @@ def _tell_tracker(saga_workflow_id: str, event: CarrierEvent) -> None:
         await client.get_workflow_handle(delivery_workflow_id(saga_workflow_id)).signal("carrier_event", signal)
 
     try:
-        run_with_client(send, timeout=15)
+        # Short: the carrier waits on this request; what is stored is safe either way.
+        run_with_client(send, timeout=5)
     except Exception as exc:
         logger.warning("carrier event %s not passed to the tracker of %s: %s", event.event_id, saga_workflow_id, exc)
