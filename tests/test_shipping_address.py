@@ -65,8 +65,6 @@ def test_created_in_the_form_with_address_shown_to_staff_and_customer(client_as,
     detail = staff.get(reverse("orders:detail", args=[order.pk])).content.decode()
     assert "Unter den Linden 5" in detail and "10117 Berlin" in detail and "Germany" in detail
     assert 'href="tel:+49301234567"' in detail
-    admin_page = staff.get(reverse("admin:orders_order_change", args=[order.pk]))
-    assert admin_page.status_code in (200, 403)  # operators may lack the admin; admins see it below
 
     order_advanced(order, through="ship")
     customer = client.get(reverse("customer:status", args=[order.public_token])).content.decode()
