@@ -22,7 +22,8 @@ COPY . .
 # Static files are baked into the image and served by WhiteNoise. collectstatic only
 # needs settings to import (the sandbox stands in for adapters a deployment names); these
 # values are for this build step only.
-RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DEBUG=0 SANDBOX_ENABLED=1 \
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    CARRIER_WEBHOOK_SECRET="$(python -c 'import secrets; print(secrets.token_urlsafe(32))')" DEBUG=0 SANDBOX_ENABLED=1 \
     python manage.py collectstatic --noinput
 
 # Run as an unprivileged user; it owns only var/ (Celery beat's schedule, scratch files).

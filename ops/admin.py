@@ -17,6 +17,7 @@ from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 
 from orders.models import (
+    CarrierEvent,
     FollowUp,
     OperatorAction,
     Order,
@@ -36,6 +37,7 @@ from .permissions import OPERATE_SAGAS, VIEW_ORDERS, WORK_FOLLOWUPS
 # bulk action, which runs in the background and shows its progress.
 ADMIN_ACTION_MAX_ORDERS = 50
 RESTOCK_MAX_QUANTITY = 1_000_000
+ADDRESS_FIELDS = ("ship_name", "ship_line1", "ship_line2", "ship_postcode", "ship_city", "ship_country", "phone")
 
 
 def _staff_order_url(order_id: int) -> str | None:
@@ -181,12 +183,20 @@ class ShipmentInline(ReadOnlyInline):
     model = Shipment
     fields = readonly_fields = [
         "state", "carrier_reference", "parcels_booked", "parcels_total", "created_at", "delivered_at",
+        "tracking_ended_at",
     ]
+
+
+class CarrierEventInline(ReadOnlyInline):
+    # What the carrier's webhook reported, as received (stored once per event id).
+    model = CarrierEvent
+    fields = readonly_fields = ["event", "occurred_at", "event_id", "tracking_number", "received_at"]
 
 
 class FollowUpInline(ReadOnlyInline):
     model = FollowUp
-    fields = readonly_fields = ["state", "reason", "claimed_by", "notes", "resolution", "created_at", "resolved_at"]
+    fields = readonly_fields = ["kind", "state", "reason", "claimed_by", "notes", "resolution", "created_at",
+                                "resolved_at"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("claimed_by")
@@ -206,14 +216,17 @@ class OrderAdmin(ViewOnlyAdmin):
     # The unfiltered total is one more COUNT over the whole table on every filtered page.
     show_full_result_count = False
     list_per_page = 50
-    inlines = [OrderLineInline, SagaEventInline, PaymentInline, ReservationInline, ShipmentInline, FollowUpInline]
+    inlines = [OrderLineInline, SagaEventInline, PaymentInline, ReservationInline, ShipmentInline, CarrierEventInline,
+               FollowUpInline]
     readonly_fields = [
         "number", "customer_name", "customer_email", "currency", "total", "status", "saga_status", "current_step",
         "last_error", "stuck_since", "workflow_id", "fault_plan", "created_by", "created_at", "updated_at",
-        "last_event_at", "staff_page",
+        "last_event_at", "staff_page", *ADDRESS_FIELDS,
     ]
     fieldsets = [
         (None, {"fields": ["number", "staff_page", "customer_name", "customer_email", "currency", "total", "created_by", "created_at"]}),
+        # Read-only like the rest: the carrier was booked to this address.
+        ("Shipping address", {"fields": list(ADDRESS_FIELDS)}),
         ("Saga", {"fields": ["status", "saga_status", "current_step", "last_error", "stuck_since", "workflow_id", "last_event_at", "updated_at", "fault_plan"]}),
     ]
     actions = ["retry", "compensate", "resend"]
@@ -279,8 +292,9 @@ class OrderAdmin(ViewOnlyAdmin):
 class FollowUpAdmin(ViewOnlyAdmin):
     """The follow-up list; claiming, notes, resend and resolve live on the follow-up queue."""
 
-    list_display = ["order", "customer", "state", "short_reason", "claimed_by", "created_at", "resolved_at", "resolution"]
-    list_filter = ["state", "resolution", "created_at"]
+    list_display = ["order", "customer", "kind", "state", "short_reason", "claimed_by", "created_at", "resolved_at",
+                    "resolution"]
+    list_filter = ["state", "kind", "resolution", "created_at"]
     search_fields = ["order__number", "order__customer_email", "order__customer_name", "reason"]
     list_select_related = ["order", "claimed_by"]
     date_hierarchy = "created_at"

@@ -11,7 +11,8 @@ Checks (each a Discrepancy kind):
   moves of one kind for one order and product, a key derived from another order's workflow);
 - finished sagas: status, 'finished' event, events and ledger rows tell the same story;
 - Temporal: every running workflow on the saga queue belongs to an open order, and every
-  open order has a running workflow;
+  open order has a running workflow; no delivery tracker runs for a closed order (delivered,
+  its tracking ended, or the order undone);
 - the outside world's books, through the adapters (charge, refund and shipment lookups by
   key, in batches): money held at the gateway for a failed, rejected or cancelled order; a
   charge or refund at the gateway we never recorded; a key whose kind, amount or reference
@@ -54,6 +55,8 @@ Kind = Discrepancy.Kind
 
 COMPLETED_STATUSES = {OrderStatus.COMPLETED, OrderStatus.DELIVERED}
 UNDONE_STATUSES = {OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.REJECTED}
+# Orders whose delivery tracker must have ended (issue 8: no open tracker for a closed order).
+CLOSED_FOR_DELIVERY = UNDONE_STATUSES | {OrderStatus.DELIVERED}
 # `order-<pk>-<random>` (and its tracker `delivery-<pk>-<random>`); orders placed before
 # the random part have `order-<pk>`.
 WORKFLOW_ID = re.compile(r"^(order|delivery)-(\d+)(?:-[A-Za-z0-9]+)?$")
@@ -277,21 +280,26 @@ def _check_workflows(found: Findings, running: dict[str, str], now: datetime) ->
     ids = sorted(by_order)
     known: dict[int, tuple] = {}
     for start in range(0, len(ids), 2000):
-        for pk, number, saga_status, last_event_at, created_at in (
+        for pk, number, saga_status, last_event_at, created_at, status, tracking_ended_at in (
             Order.objects.filter(pk__in=ids[start:start + 2000])
-            .values_list("pk", "number", "saga_status", "last_event_at", "created_at")
+            .values_list("pk", "number", "saga_status", "last_event_at", "created_at", "status",
+                         "shipment__tracking_ended_at")
         ):
-            known[pk] = (number, saga_status, (last_event_at or created_at) < settled)
+            known[pk] = (number, saga_status, (last_event_at or created_at) < settled,
+                         status in CLOSED_FOR_DELIVERY or tracking_ended_at is not None)
     for order_id, workflow_ids in by_order.items():
         for workflow_id in workflow_ids:
             if order_id not in known:
                 found.add(Kind.ORPHAN_WORKFLOW, f"Workflow {workflow_id} is running but order #{order_id} does not exist",
                           workflow_id=workflow_id)
                 continue
-            number, saga_status, settled_order = known[order_id]
+            number, saga_status, settled_order, delivery_closed = known[order_id]
             if workflow_id.startswith("order-") and saga_status in TERMINAL_SAGA_STATUSES and settled_order:
                 found.add(Kind.ORPHAN_WORKFLOW, f"Workflow {workflow_id} is still running although {number}'s saga "
                           f"{SagaStatus(saga_status).label}", order_id=order_id, workflow_id=workflow_id)
+            elif workflow_id.startswith("delivery-") and delivery_closed and settled_order:
+                found.add(Kind.ORPHAN_WORKFLOW, f"Delivery tracker {workflow_id} is still running although "
+                          f"{number}'s delivery is settled", order_id=order_id, workflow_id=workflow_id)
 
     open_orders = (
         Order.objects.exclude(saga_status__in=TERMINAL_SAGA_STATUSES).filter(quiet)

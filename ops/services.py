@@ -15,7 +15,7 @@ from .permissions import OPERATE_SAGAS, WORK_FOLLOWUPS
 
 __all__ = [
     "ACTION_PERMISSIONS", "ActionNotAllowed", "operator_action_request", "saga_retry", "saga_compensate",
-    "order_cancel", "followup_resend", "followup_resolve",
+    "order_cancel", "followup_resend", "followup_resolve", "delivery_mark_delivered", "delivery_report_lost",
 ]
 
 Action = OperatorAction.Action
@@ -27,6 +27,9 @@ ACTION_PERMISSIONS = {
     Action.RESEND: WORK_FOLLOWUPS,
     Action.RESOLVED: WORK_FOLLOWUPS,
     Action.RETRY_COMPENSATION: OPERATE_SAGAS,
+    Action.MARK_DELIVERED: OPERATE_SAGAS,
+    Action.LOST_REFUND: OPERATE_SAGAS,
+    Action.LOST_RESHIP: OPERATE_SAGAS,
 }
 
 
@@ -84,6 +87,20 @@ def saga_retry_compensation(*, order_id: int, actor, reason: str = "") -> Operat
 
 def order_cancel(*, order_id: int, actor, reason: str = "") -> OperatorAction:
     return operator_action_request(order_id=order_id, action=Action.CANCEL, actor=actor, reason=reason)
+
+
+def delivery_mark_delivered(*, order_id: int, actor, reason: str = "") -> OperatorAction:
+    """The parcel arrived (the customer says so, say): ends its delivery tracker."""
+    return operator_action_request(order_id=order_id, action=Action.MARK_DELIVERED, actor=actor, reason=reason)
+
+
+def delivery_report_lost(*, order_id: int, actor, remedy: str, reason: str = "") -> OperatorAction:
+    """The parcel is lost: end its tracker and open what is owed, a refund or a new parcel
+    (remedy "refund" or "reship"). Raises ActionNotAllowed for another remedy."""
+    actions = {"refund": Action.LOST_REFUND, "reship": Action.LOST_RESHIP}
+    if remedy not in actions:
+        raise ActionNotAllowed("Choose what the customer gets for a lost parcel: a refund or a new parcel.")
+    return operator_action_request(order_id=order_id, action=actions[remedy], actor=actor, reason=reason)
 
 
 def followup_resend(*, order_id: int, actor, reason: str = "") -> OperatorAction:

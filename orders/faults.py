@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-SERVICES = ("payment", "refund", "inventory", "shipping", "shipping_cancel", "notify")
+SERVICES = ("payment", "refund", "inventory", "shipping", "shipping_cancel", "notify", "delivery")
 
 # What each service can be told to do. "transient:N" fails N calls per idempotency key
 # then succeeds; "crash_after:N" (shipping) fails once after booking N parcels, to
@@ -35,6 +35,9 @@ _ALLOWED = {
     "shipping": re.compile(r"^(fail|transient:\d+|crash_after:\d+|lost_response:\d+)$"),
     "shipping_cancel": re.compile(r"^(fail|transient:\d+)$"),
     "notify": re.compile(r"^(fail|transient:\d+)$"),
+    # After booking, what the sandbox carrier's webhooks report: a parcel that is lost (in
+    # transit, then nothing: the tracker's deadline passes) or that could not be delivered.
+    "delivery": re.compile(r"^(lost|failed)$"),
 }
 
 # The presets the create-order form offers; names say what staff will see happen.
@@ -57,6 +60,8 @@ PRESETS = {
                        {"shipping": "fail", "shipping_cancel": "fail"}),
     "refund_stuck": ("Inventory fails, then the refund times out (compensation stuck, retry works)",
                      {"inventory": "fail", "refund": "transient:6"}),
+    "parcel_lost": ("Carrier loses the parcel (delivery overdue: follow-up)", {"delivery": "lost"}),
+    "delivery_failed": ("Carrier cannot deliver the parcel (follow-up)", {"delivery": "failed"}),
 }
 
 

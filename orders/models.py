@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from .addresses import COUNTRIES
 from .saga.shared import EVENT_KIND_LABELS, EventKind
 from .status import OrderStatus, SagaStatus, Step
 
@@ -50,6 +51,15 @@ class Order(models.Model):
     number = models.CharField(max_length=20, unique=True, blank=True)
     customer_name = models.CharField(max_length=200)
     customer_email = models.EmailField(db_index=True)
+    # Where the parcel goes and how to reach the customer (orders.addresses validates them).
+    # Blank on orders placed before addresses were taken.
+    ship_name = models.CharField(max_length=200, blank=True)
+    ship_line1 = models.CharField(max_length=200, blank=True)
+    ship_line2 = models.CharField(max_length=200, blank=True)
+    ship_postcode = models.CharField(max_length=20, blank=True)
+    ship_city = models.CharField(max_length=100, blank=True)
+    ship_country = models.CharField(max_length=2, blank=True, choices=sorted(COUNTRIES.items()))
+    phone = models.CharField(max_length=32, blank=True)
     currency = models.CharField(max_length=3, default="EUR")
     total = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.PLACED)
@@ -189,6 +199,9 @@ class Shipment(models.Model):
         BOOKED = "booked"
         CANCELLED = "cancelled"
         DELIVERED = "delivered"
+        # The tracker's other ends: the parcel came back to the shop, or staff reported it lost.
+        RETURNED = "returned"
+        LOST = "lost"
 
     order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="shipment")
     state = models.CharField(max_length=10, choices=State.choices, default=State.BOOKING)
@@ -199,6 +212,40 @@ class Shipment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # When the delivery tracker ended (delivered, returned, lost, or given up): a booked
+    # shipment without it still has a tracker running.
+    tracking_ended_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def tracking_number(self) -> str:
+        """What the carrier knows the shipment by (its webhooks name it so)."""
+        return self.carrier_reference
+
+
+class CarrierEvent(models.Model):
+    """What the carrier told us about a parcel (POST /webhooks/carrier/), stored once per
+    event id: a duplicate delivery of the same webhook finds its row and does nothing more."""
+
+    class Event(models.TextChoices):
+        IN_TRANSIT = "in_transit", "in transit"
+        OUT_FOR_DELIVERY = "out_for_delivery", "out for delivery"
+        DELIVERED = "delivered"
+        DELIVERY_FAILED = "delivery_failed", "delivery failed"
+        RETURNED = "returned", "returned to sender"
+
+    event_id = models.CharField(max_length=100, unique=True)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="carrier_events")
+    tracking_number = models.CharField(max_length=150)
+    event = models.CharField(max_length=20, choices=Event.choices)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["occurred_at", "id"]
+        indexes = [models.Index(fields=["order", "occurred_at"], name="carrierevent_order_occurred")]
+
+    def __str__(self) -> str:
+        return f"{self.event} of {self.tracking_number} ({self.event_id})"
 
 
 class NotificationAttempt(models.Model):
@@ -236,13 +283,24 @@ class EmailHandoff(models.Model):
 
 
 class FollowUp(models.Model):
-    """A customer we could not notify: staff reach them another way or resend."""
+    """Something staff must do for an order: a customer we could not notify (reach them
+    another way or resend), or a delivery gone wrong (kind)."""
 
     class State(models.TextChoices):
         OPEN = "open"
         RESOLVED = "resolved"
 
+    class Kind(models.TextChoices):
+        NOTIFY = "notify", "customer not notified"
+        # The delivery tracker's: past the shipment's deadline, or the carrier could not deliver.
+        DELIVERY_OVERDUE = "delivery_overdue", "delivery overdue"
+        DELIVERY_FAILED = "delivery_failed", "delivery failed"
+        # Staff reported the parcel lost: what is owed to the customer now.
+        REFUND_DUE = "refund_due", "lost parcel: refund due"
+        RESHIP_DUE = "reship_due", "lost parcel: re-ship due"
+
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="followups")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.NOTIFY)
     state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
     reason = models.TextField()
     claimed_by = models.ForeignKey(
@@ -256,8 +314,9 @@ class FollowUp(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
-            # At most one open follow-up per order, so a replayed step cannot open two.
-            models.UniqueConstraint(fields=["order"], condition=Q(state="open"), name="followup_one_open_per_order"),
+            # At most one open follow-up per order and kind, so a replayed step cannot open two.
+            models.UniqueConstraint(fields=["order", "kind"], condition=Q(state="open"),
+                                    name="followup_one_open_per_order_kind"),
         ]
 
 
@@ -276,6 +335,10 @@ class OperatorAction(models.Model):
         RESEND = "resend", "resend notification"
         RESOLVED = "resolved", "resolve follow-up"
         RETRY_COMPENSATION = "retry_compensation", "retry compensation"
+        # On a shipped order, to its delivery tracker (not the saga, which has finished).
+        MARK_DELIVERED = "mark_delivered", "mark delivered"
+        LOST_REFUND = "lost_refund", "report lost, refund"
+        LOST_RESHIP = "lost_reship", "report lost, re-ship"
 
     class Outcome(models.TextChoices):
         REQUESTED = "requested"  # audit row written, signal not yet sent

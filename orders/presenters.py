@@ -1,7 +1,7 @@
 """The customer's page in the customer's words (templates/orders/customer_status.html and
 its partial): a headline, a message, and the stages of an order."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -33,6 +33,8 @@ class CustomerOrderStatus:
     stages: list[CustomerStage]
     lines: list[CustomerLine]
     confirmation_sent: bool
+    address_lines: list[str] = field(default_factory=list)
+    tracking_number: str = ""
 
 
 def _money_after_failure(order: CustomerOrder) -> str:
@@ -89,4 +91,5 @@ def customer_status_present(order: CustomerOrder) -> CustomerOrderStatus:
         number=order.number, placed_at=order.placed_at, currency=order.currency, total=order.total,
         headline=headline, message=message, outcome=outcome, stages=stages, lines=order.lines,
         confirmation_sent=order.confirmation_sent,
+        address_lines=order.address_lines, tracking_number=order.tracking_number,
     )

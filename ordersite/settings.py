@@ -311,6 +311,33 @@ if SANDBOX_FAULTS_ENABLED and not DEBUG:
         "SANDBOX_FAULTS_ENABLED is on with DEBUG off: fault injection is for dev and tests, never a deployment."
     )
 
+# --- delivery: carrier webhook, tracker deadline (issue 8) ----------------------------------
+# POST /webhooks/carrier/ is signed like Stripe's: X-Carrier-Signature: t=<unix>,v1=<hex
+# HMAC-SHA256 of "<t>." + raw body, keyed with this secret>; refused when t is further than
+# the tolerance from now, so a captured request cannot be replayed later.
+CARRIER_WEBHOOK_SECRET = os.environ.get("CARRIER_WEBHOOK_SECRET", "")
+if not DEBUG and len(CARRIER_WEBHOOK_SECRET) < 32:
+    raise ImproperlyConfigured(
+        "DEBUG is off, so CARRIER_WEBHOOK_SECRET must be set (32+ characters, shared with the carrier): "
+        "without it anyone could tell us a parcel was delivered."
+    )
+CARRIER_WEBHOOK_SECRET = CARRIER_WEBHOOK_SECRET or "dev-only-carrier-webhook-secret"
+CARRIER_WEBHOOK_TOLERANCE_SECONDS = int(os.environ.get("CARRIER_WEBHOOK_TOLERANCE_SECONDS", "300"))
+# Each shipment's deadline: past it, an overdue follow-up; the tracker then waits this many
+# more days for staff (mark delivered, report lost) or the carrier before it gives up.
+DELIVERY_DEADLINE_DAYS = env_float("DELIVERY_DEADLINE_DAYS", 7)
+DELIVERY_GIVE_UP_DAYS = env_float("DELIVERY_GIVE_UP_DAYS", 30)
+# The sandbox carrier reports in transit, out for delivery and delivered by itself, over
+# the signed webhook, this long after booking (0: never); CARRIER_WEBHOOK_URL is where it posts.
+SANDBOX_CARRIER_DELIVERY_SECONDS = env_float("SANDBOX_CARRIER_DELIVERY_SECONDS", 30 if DEBUG else 0)
+CARRIER_WEBHOOK_URL = os.environ.get("CARRIER_WEBHOOK_URL", f"{PUBLIC_BASE_URL.rstrip('/')}/webhooks/carrier/")
+if SANDBOX_ENABLED and SANDBOX_CARRIER_DELIVERY_SECONDS:
+    CELERY_BEAT_SCHEDULE["sandbox-carrier-report"] = {
+        "task": "sandbox.carrier_report",
+        "schedule": max(2.0, min(10.0, SANDBOX_CARRIER_DELIVERY_SECONDS / 6)),
+        "options": {"expires": 30},
+    }
+
 # --- HTTPS (deployments: DEBUG off) ---------------------------------------------------------
 # On by default once DEBUG is off, so `manage.py check --deploy` is clean; a local trial over
 # plain http (docker-compose.yml) turns them off explicitly. Behind a TLS-terminating proxy,

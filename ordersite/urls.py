@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from orders.webhooks import carrier_webhook_view
+
 from . import health, metrics_http
 
 urlpatterns = [
@@ -14,6 +16,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("orders/", include("ops.order_pages.urls")),
     path("status/", include("orders.urls_customer")),
+    # Public, signed by the carrier (orders/webhooks.py says why it needs no login).
+    path("webhooks/carrier/", carrier_webhook_view, name="carrier_webhook"),
     path("ops/background/", include("ops.urls_background")),
     path("", include("ops.urls")),
 ]

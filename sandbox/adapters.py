@@ -19,6 +19,7 @@ from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from orders.addresses import ShippingAddress
 from orders.adapters.base import (
     CarrierBooking,
     ChargeRequest,
@@ -179,12 +180,23 @@ def _gateway_record(record: SandboxPaymentRecord) -> GatewayRecord:
                          amount=record.amount, currency=record.currency)
 
 
+# Where the sandbox carrier delivers: Europe. An address elsewhere is refused at booking,
+# as a real carrier refuses what its network does not reach.
+SANDBOX_CARRIER_COUNTRIES = frozenset(
+    {"AT", "BE", "CH", "DE", "DK", "ES", "FI", "FR", "GB", "IE", "IT", "LU", "NL", "NO", "PL", "PT", "SE"}
+)
+
+
 class SandboxCarrier:
-    def book_parcel(self, *, order_id: int, shipment_key: str, parcel_number: int) -> str:
+    def book_parcel(self, *, order_id: int, shipment_key: str, parcel_number: int,
+                    address: ShippingAddress | None = None) -> str:
         plan = order_fault_plan(order_id)
         fault = _simulate_conditions("shipping", shipment_key, plan)
         if fault.kind == "fail":
             raise ShippingRejected("carrier refused the shipment: address not serviceable (sandbox fault)")
+        if address is not None and address.country not in SANDBOX_CARRIER_COUNTRIES:
+            raise ShippingRejected(f"carrier refused the shipment: address not serviceable "
+                                   f"(the sandbox carrier does not deliver to {address.country})")
         if fault.kind == "crash_after" and parcel_number == fault.count + 1:
             # Once only: the connection drops midway, as a worker crash would.
             if sandbox_call_count("shipping-crash", shipment_key) == 1:
@@ -240,7 +252,8 @@ class SandboxNotifier:
             raise NotificationFailed(f"mail server refused the message to {notification.to} (sandbox fault)")
         if fault.kind == "transient":
             sandbox_fail_transiently(
-                "notify", f"notify-order-{notification.order_id}", fault.count, NotificationFailed
+                # Per message: the tracker's shipped email does not use up the confirmation's failures.
+                "notify", notification.idempotency_key, fault.count, NotificationFailed
             )
         key = notification.idempotency_key
         try:

@@ -69,3 +69,19 @@ class SandboxEmail(models.Model):
     subject = models.CharField(max_length=300)
     body = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class SandboxCarrierReport(models.Model):
+    """An event the sandbox carrier reported over the webhook, once per shipment and event
+    (sandbox.carrier_reports), with our webhook's answer."""
+
+    shipment_key = models.CharField(max_length=150)
+    event = models.CharField(max_length=20)
+    event_id = models.CharField(max_length=100, unique=True)
+    status_code = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["shipment_key", "event"], name="sandbox_carrier_report_once"),
+        ]

@@ -308,6 +308,8 @@ def child_env(web_port: int) -> dict[str, str]:
     env.setdefault("TEMPORAL_ADDRESS", "localhost:7233")
     env["ORDERSITE_VAR_DIR"] = str(VAR)
     env["PORT"] = str(web_port)
+    # The sandbox carrier posts its delivery webhooks to this web process, wherever it listens.
+    env.setdefault("CARRIER_WEBHOOK_URL", f"http://127.0.0.1:{web_port}/webhooks/carrier/")
     env["PYTHONUNBUFFERED"] = "1"  # lines show up as they are logged, not per 8 KB
     return env
 

@@ -20,7 +20,7 @@ from orders.models import Order
 from orders.saga.worker import build_workers
 
 from .db_threads import close_connections_of_other_threads
-from .invariants import assert_invariants
+from .invariants import assert_invariants, assert_no_open_tracker_for_closed_order
 from .temporal_server import DevServer, end_open_workflows
 
 
@@ -121,6 +121,7 @@ async def saga_env(request, transactional_db, temporal_server, settings):
     env = SagaEnv(client, settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE)
     try:
         yield env
+        await assert_no_open_tracker_for_closed_order(client)
     finally:
         await end_open_workflows(client)
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)

@@ -15,8 +15,12 @@ def make_product(*, price: str = "10.00", stock: int = 10, name: str | None = No
     return product_create(sku=f"SKU-{n}", name=name or f"Product {n}", price=Decimal(price), stock=stock)
 
 
+AMSTERDAM = {"name": "Ada Lovelace", "line1": "Keizersgracht 1", "postcode": "1015 CJ", "city": "Amsterdam",
+             "country": "NL", "phone": "+31 20 123 4567"}
+
+
 def make_order(*, products: list[tuple[Product, int]] | None = None, fault_plan: dict | None = None,
-               email: str = "ada@example.com", start_saga: bool = True):
+               email: str = "ada@example.com", start_saga: bool = True, shipping_address: dict | None = None):
     if products is None:
         products = [(make_product(), 1)]
     return order_create(
@@ -25,4 +29,5 @@ def make_order(*, products: list[tuple[Product, int]] | None = None, fault_plan:
         lines=[LineRequest(product_id=p.pk, quantity=q) for p, q in products],
         fault_plan=fault_plan,
         start_saga=start_saga,
+        shipping_address=shipping_address,
     )

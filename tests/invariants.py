@@ -120,6 +120,58 @@ def assert_no_email_sent_twice() -> None:
     assert len(keyed) == len(set(keyed)), f"an email went out twice: {sorted(keyed)}"
 
 
+def assert_no_tracking_for_settled_parcels() -> None:
+    """A parcel delivered, returned or lost has its tracking ended, and only a tracked
+    (booked) shipment can still be tracked: no open tracker for a closed order, in our records."""
+    from orders.models import Shipment
+
+    settled = Shipment.objects.filter(state__in=[Shipment.State.DELIVERED, Shipment.State.RETURNED,
+                                                 Shipment.State.LOST], tracking_ended_at=None)
+    assert not settled.exists(), f"settled parcels still tracked: {list(settled.values_list('order_id', 'state'))}"
+    delivered_untracked = Order.objects.filter(status=OrderStatus.DELIVERED).exclude(
+        shipment__state=Shipment.State.DELIVERED)
+    assert not delivered_untracked.exists(), f"delivered orders whose parcel is not: {list(delivered_untracked)}"
+
+
+async def assert_no_open_tracker_for_closed_order(client) -> None:
+    """Temporal's side: every running delivery tracker belongs to an order whose delivery is open.
+
+    Visibility lags, and a tracker writes its end a moment before it returns: a tracker
+    seen running for a closed order is asked directly, for a few seconds, before it counts."""
+    import asyncio
+    import time
+
+    from asgiref.sync import sync_to_async
+    from temporalio.client import WorkflowExecutionStatus
+
+    from orders.models import Shipment
+
+    listed = [wf.id async for wf in client.list_workflows('ExecutionStatus="Running" AND WorkflowType="DeliveryTracking"')]
+
+    async def still_running(ids: list[str]) -> list[str]:
+        return [i for i in ids
+                if (await client.get_workflow_handle(i).describe()).status == WorkflowExecutionStatus.RUNNING]
+
+    def closed(running: list[str]) -> list[str]:
+        bad = []
+        for workflow_id in running:
+            order = Order.objects.filter(workflow_id="order-" + workflow_id.removeprefix("delivery-")).first()
+            if order is None:
+                continue  # another test's, or a tracker a test started by hand
+            shipment = Shipment.objects.filter(order=order).first()
+            if order.status in (OrderStatus.DELIVERED, OrderStatus.FAILED, OrderStatus.CANCELLED,
+                                OrderStatus.REJECTED) or (shipment and shipment.tracking_ended_at):
+                bad.append(f"{workflow_id} ({order.status})")
+        return bad
+
+    deadline = time.monotonic() + 5
+    bad = await sync_to_async(closed)(await still_running(listed))
+    while bad and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        bad = await sync_to_async(closed)(await still_running([b.split(" ")[0] for b in bad]))
+    assert not bad, f"delivery trackers still running for closed orders: {bad}"
+
+
 def assert_invariants() -> None:
     assert_stock_conserved()
     assert_money_balances()
@@ -128,3 +180,4 @@ def assert_invariants() -> None:
     assert_terminal_sagas_consistent()
     assert_one_finished_event_per_saga()
     assert_no_email_sent_twice()
+    assert_no_tracking_for_settled_parcels()

@@ -13,7 +13,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from orders.models import SagaEvent, Shipment
-from orders.saga.activities import check_delivery, mark_delivered
+from orders.saga.activities import (
+    check_delivery, delivery_end, delivery_followup_open, mark_delivered, notify_delivery, record_transition,
+)
 from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
 from orders.saga.shared import DeliveredSignal, DeliveryInput, delivery_workflow_id
 from orders.saga.worker import workflow_runner
@@ -49,7 +51,8 @@ async def test_tracker_continues_as_new_then_completes_on_delivered(saga_env):
         queue = f"delivery-{uuid.uuid4().hex[:8]}"
         async with Worker(
             env.client, task_queue=queue, workflows=[DeliveryTrackingWorkflow],
-            activities=[check_delivery, mark_delivered], activity_executor=ThreadPoolExecutor(4),
+            activities=[check_delivery, mark_delivered, delivery_end, delivery_followup_open, notify_delivery,
+                        record_transition], activity_executor=ThreadPoolExecutor(4),
             workflow_runner=workflow_runner(),
         ):
             handle = await env.client.start_workflow(

@@ -24,3 +24,11 @@ def test_debug_off_with_sandbox_faults_refuses_to_start(tmp_path):
     result = _manage(tmp_path, "check", **{**PRODUCTION, "SANDBOX_ENABLED": "1", "SANDBOX_FAULTS_ENABLED": "1"})
     assert result.returncode != 0
     assert "fault injection is for dev and tests" in result.stderr
+
+
+def test_debug_off_without_a_carrier_webhook_secret_refuses_to_start(tmp_path):
+    for secret in ("", "too-short"):
+        result = _manage(tmp_path, "check", CARRIER_WEBHOOK_SECRET=secret, **PRODUCTION)
+        assert result.returncode != 0
+        assert "CARRIER_WEBHOOK_SECRET must be set" in result.stderr
+        assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]

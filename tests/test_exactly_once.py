@@ -34,6 +34,7 @@ from orders.services.saga import saga_transition_record
 from orders.status import OrderStatus, SagaStatus
 
 from .conftest import order_state
+from .emails import confirmations
 from .factories import make_order
 from .invariants import assert_invariants
 from .temporal_server import end_open_workflows
@@ -78,7 +79,7 @@ def notify_dies_after_commit(inp: StepInput) -> StepResult:
 
 
 def sent_messages(order: Order) -> list[str]:
-    return [m.extra_headers["Message-ID"] for m in mail.outbox if order.number in m.subject]
+    return [m.extra_headers["Message-ID"] for m in confirmations() if order.number in m.subject]
 
 
 async def _assert_emailed_once(saga_env, notifier: str, settings):

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db
 
 def _create_data(product, **overrides) -> dict:
     data = {"customer_name": "Grace Hopper", "customer_email": "grace@example.com",
-            "line-0-product": str(product.pk), "line-0-quantity": "2", "fault_preset": ""}
+            "line-0-product": str(product.pk), "line-0-quantity": "2", "fault_preset": "",
+            "ship_line1": "Keizersgracht 1", "ship_postcode": "1015 CJ", "ship_city": "Amsterdam",
+            "ship_country": "NL", "phone": "+31 20 123 4567"}
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
 
@@ -36,6 +38,14 @@ BAD_INPUT = [
     ({"line-0-quantity": ""}, "line-0-quantity", "Enter a quantity."),
     ({"line-0-product": "", "line-0-quantity": ""}, "lines", "Add at least one product."),
     ({"fault_preset": "no-such-plan"}, "fault_preset", "Choose one of the listed fault plans."),
+    ({"ship_line1": " "}, "ship_line1", "Enter the street and house number."),
+    ({"ship_city": ""}, "ship_city", "Enter the town or city."),
+    ({"ship_country": ""}, "ship_country", "Choose the country the parcel goes to."),
+    ({"ship_country": "XX"}, "ship_country", "Choose a country we ship to."),
+    ({"ship_postcode": ""}, "ship_postcode", "Enter the postcode."),
+    ({"ship_postcode": "12345"}, "ship_postcode", "12345 is not a postcode in Netherlands."),
+    ({"phone": "call me"}, "phone", "Enter a phone number of 7 to 15 digits"),
+    ({"phone": "+1 2"}, "phone", "Enter a phone number of 7 to 15 digits"),
 ]
 
 
@@ -136,7 +146,9 @@ def test_add_line_returns_a_row_and_the_next_button(client_as):
 def test_form_shows_service_rejections_on_their_fields():
     product = make_product()
     form = OrderCreateForm({"customer_name": "A", "customer_email": "a@example.com",
-                            "line-0-product": str(product.pk), "line-0-quantity": "1"},
+                            "line-0-product": str(product.pk), "line-0-quantity": "1",
+                            "ship_line1": "Keizersgracht 1", "ship_postcode": "1015 CJ", "ship_city": "Amsterdam",
+                            "ship_country": "NL"},
                            products=[product], faults_enabled=True)
     assert form.is_valid()
     form.add_service_errors({"customer_email": "Enter a valid email address.", "fault_plan": "bad plan",

@@ -22,7 +22,7 @@ from orders.selectors.timeline import saga_timeline
 
 from .factories import make_order, make_product
 from .saga_states import (
-    order_advanced, order_compensated, order_completed, order_needs_followup, order_running, order_stuck,
+    order_advanced, order_compensated, order_completed, order_delivered, order_needs_followup, order_running, order_stuck,
 )
 
 pytestmark = pytest.mark.django_db
@@ -138,7 +138,12 @@ def test_operator_and_admin_see_the_buttons_that_fit(client_as, role):
     assert action_buttons(client.get(reverse("orders:detail", args=[running.pk])).content.decode()) == {"cancel"}
     assert action_buttons(client.get(reverse("orders:detail", args=[followup.pk])).content.decode()) == {
         "resend", "resolved"}
+    # A completed order's parcel is on its way: only the delivery's actions fit (issue 8).
     html = client.get(reverse("orders:detail", args=[done.pk])).content.decode()
+    assert action_buttons(html) == {"mark_delivered", "lost_refund", "lost_reship"}
+    delivered = make_order(start_saga=False)
+    order_delivered(delivered)
+    html = client.get(reverse("orders:detail", args=[delivered.pk])).content.decode()
     assert action_buttons(html) == set() and "No operator action fits" in html
     assert client.get(reverse("orders:create")).status_code == 200
 

@@ -4,7 +4,11 @@ tests/histories/<version>/ holds histories recorded from earlier versions of the
 every one must replay against the current code. A change that alters commands goes
 behind workflow.patched(...) until no running saga can still be on the old path.
 To add the current version's histories: RECORD_HISTORIES=tests/histories/v3 make test.
-v3 (issue 7) adds a cancel from Temporal and a compensation stuck then retried.
+v3 (issue 7) adds a cancel from Temporal and a compensation stuck then retried, and the
+delivery tracker from before issue 8 (ended by a `delivered` signal).
+v4 (issue 8, patch "tracker-ends") records the tracker's ends: a carrier webhook's delivery,
+a failed delivery then delivered, staff reporting the parcel lost, and an overdue tracker
+that gives up.
 """
 
 import asyncio
@@ -24,6 +28,8 @@ from ops.services import followup_resend, order_cancel, saga_retry, saga_retry_c
 from .conftest import order_state, wait_for
 from .factories import make_order
 
+from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
+from orders.saga.shared import DeliveredSignal, delivery_workflow_id
 from orders.saga.worker import WORKFLOWS, workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -47,7 +53,9 @@ async def test_recorded_history_replays(path: Path):
 def test_histories_were_recorded_for_every_path():
     names = {p.stem.split("-")[0] for p in recorded_histories()}
     assert {"completed", "compensated", "stuck_retry", "followup_resend", "cancelled",
-            "temporal_cancelled", "compensation_stuck_retry"} <= names
+            "temporal_cancelled", "compensation_stuck_retry", "tracker_delivered_signal",
+            "tracker_webhook_delivered", "tracker_failed_then_delivered", "tracker_lost_refund",
+            "tracker_overdue_given_up"} <= names
 
 
 @pytest.mark.django_db(transaction=True)
@@ -82,6 +90,17 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
     await sync_to_async(saga_retry)(order_id=stuck.pk, actor=operator_user)
 
     record_to = os.environ.get("RECORD_HISTORIES")
+    # The completed saga's delivery tracker, ended by a `delivered` signal (as staff did before issue 8).
+    tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(sagas["completed"].workflow_id))
+    await saga_env.result(sagas["completed"])
+    await tracker.signal(DeliveryTrackingWorkflow.delivered, DeliveredSignal(source="staff"))
+    await asyncio.wait_for(tracker.result(), 60)
+    history = await tracker.fetch_history()
+    await replayer().replay_workflow(history)
+    if record_to:
+        Path(record_to).mkdir(parents=True, exist_ok=True)
+        (Path(record_to) / f"tracker_delivered_signal-{tracker.id}.json").write_text(history.to_json())
+
     for name, order in sagas.items():
         if name == "temporal_cancelled":
             with pytest.raises(WorkflowFailureError):
@@ -93,3 +112,49 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
         if record_to:
             Path(record_to).mkdir(parents=True, exist_ok=True)
             (Path(record_to) / f"{name}-{order.workflow_id}.json").write_text(history.to_json())
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_current_tracker_replays_its_own_histories(saga_env, operator_user, settings):
+    """The tracker's ends (issue 8) run now, replay, and are recorded when RECORD_HISTORIES is set."""
+    from django.test import Client
+
+    from ops.services import delivery_report_lost
+    from orders.models import Shipment
+    from orders.services.carrier_events import carrier_signature_header
+
+    def carrier_says(order, event: str, event_id: str) -> None:
+        tracking = Shipment.objects.get(order=order).tracking_number
+        body = (f'{{"event_id": "{event_id}", "tracking_number": "{tracking}", "event": "{event}", '
+                f'"occurred_at": "2026-12-03T09:00:00+00:00"}}').encode()
+        response = Client().post("/webhooks/carrier/", data=body, content_type="application/json",
+                                 HTTP_X_CARRIER_SIGNATURE=carrier_signature_header(body=body))
+        assert response.status_code == 200
+
+    orders = {name: await sync_to_async(make_order)() for name in
+              ("tracker_webhook_delivered", "tracker_failed_then_delivered", "tracker_lost_refund")}
+    settings.DELIVERY_DEADLINE_DAYS = 1 / 86400
+    settings.DELIVERY_GIVE_UP_DAYS = 1 / 86400
+    orders["tracker_overdue_given_up"] = await sync_to_async(make_order)()
+    for order in orders.values():
+        assert await saga_env.result(order) == "completed"
+    await sync_to_async(carrier_says)(orders["tracker_webhook_delivered"], "in_transit", "r1")
+    await sync_to_async(carrier_says)(orders["tracker_webhook_delivered"], "delivered", "r2")
+    await sync_to_async(carrier_says)(orders["tracker_failed_then_delivered"], "delivery_failed", "r3")
+    await wait_for(lambda: order_state(orders["tracker_failed_then_delivered"].pk).followups.filter(
+        kind="delivery_failed").exists(), message="failed-delivery follow-up")
+    await sync_to_async(carrier_says)(orders["tracker_failed_then_delivered"], "delivered", "r4")
+    await sync_to_async(delivery_report_lost)(order_id=orders["tracker_lost_refund"].pk, actor=operator_user,
+                                              remedy="refund")
+
+    record_to = os.environ.get("RECORD_HISTORIES")
+    expected = {"tracker_webhook_delivered": "delivered", "tracker_failed_then_delivered": "delivered",
+                "tracker_lost_refund": "lost_refund", "tracker_overdue_given_up": "given_up"}
+    for name, order in orders.items():
+        tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(order.workflow_id))
+        assert await asyncio.wait_for(tracker.result(), 60) == expected[name]
+        history = await tracker.fetch_history()
+        await replayer().replay_workflow(history)
+        if record_to:
+            Path(record_to).mkdir(parents=True, exist_ok=True)
+            (Path(record_to) / f"{name}-{tracker.id}.json").write_text(history.to_json())

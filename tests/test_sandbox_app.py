@@ -54,7 +54,8 @@ def _manage(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("SANDBOX_", "DJANGO_", "DATABASE_URL")) and k not in REAL_ADAPTERS and k != "DEBUG"}
     base.update(DJANGO_SETTINGS_MODULE="ordersite.settings", ORDERSITE_VAR_DIR=str(tmp_path),
-                DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", SECRET_KEY=DEPLOYED_SECRET_KEY)
+                DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", SECRET_KEY=DEPLOYED_SECRET_KEY,
+                CARRIER_WEBHOOK_SECRET="deployed-carrier-webhook-secret-0123456789abcdef")
     base.update(env)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=base,
                           capture_output=True, text=True, timeout=120)

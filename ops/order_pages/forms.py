@@ -11,6 +11,7 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
+from orders.addresses import COUNTRIES, FIELD_LIMITS, AddressInvalid, ShippingAddress, address_clean
 from orders.faults import PRESETS
 from orders.models import Product
 from orders.services.ordering import LineRequest
@@ -103,6 +104,25 @@ class OrderCreateForm(forms.Form):
         error_messages={"required": "Enter the customer's email address.", "invalid": "Enter a valid email address."},
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
+    # The shipping address: orders.addresses checks it in clean(), and order_create again.
+    ship_name = forms.CharField(required=False, max_length=FIELD_LIMITS["ship_name"], label="Recipient",
+                                help_text="Leave empty to address the parcel to the customer.")
+    ship_line1 = forms.CharField(required=False, max_length=FIELD_LIMITS["ship_line1"], label="Street and number",
+                                 widget=forms.TextInput(attrs={"autocomplete": "address-line1"}))
+    ship_line2 = forms.CharField(required=False, max_length=FIELD_LIMITS["ship_line2"], label="Address line 2",
+                                 widget=forms.TextInput(attrs={"autocomplete": "address-line2"}))
+    ship_postcode = forms.CharField(required=False, max_length=FIELD_LIMITS["ship_postcode"], label="Postcode",
+                                    widget=forms.TextInput(attrs={"autocomplete": "postal-code"}))
+    ship_city = forms.CharField(required=False, max_length=FIELD_LIMITS["ship_city"], label="City",
+                                widget=forms.TextInput(attrs={"autocomplete": "address-level2"}))
+    ship_country = forms.ChoiceField(
+        required=False, label="Country",
+        choices=[("", "Choose a country…"), *sorted(COUNTRIES.items(), key=lambda item: item[1])],
+        error_messages={"invalid_choice": "Choose a country we ship to."},
+    )
+    phone = forms.CharField(required=False, max_length=FIELD_LIMITS["phone"], label="Phone",
+                            help_text="For the carrier, and for us if a delivery goes wrong.",
+                            widget=forms.TextInput(attrs={"type": "tel", "autocomplete": "tel"}))
     fault_preset = forms.ChoiceField(
         required=False, label="Fault plan (sandbox)",
         choices=[(key, label) for key, (label, _plan) in PRESETS.items()],
@@ -174,7 +194,28 @@ class OrderCreateForm(forms.Form):
             self.add_error(None, f"The order total {total} {settings.SHOP_CURRENCY} is over the limit of "
                                  f"{settings.MAX_ORDER_TOTAL} {settings.SHOP_CURRENCY}.")
         self.quantities = quantities
+        self._clean_address(cleaned)
         return cleaned
+
+    ADDRESS_FIELDS = ("ship_name", "ship_line1", "ship_line2", "ship_postcode", "ship_city", "ship_country", "phone")
+
+    def _clean_address(self, cleaned) -> None:
+        self.address: ShippingAddress | None = None
+        if any(name in self.errors for name in self.ADDRESS_FIELDS):
+            return
+        try:
+            self.address = address_clean(
+                name=cleaned.get("ship_name") or cleaned.get("customer_name") or "",
+                line1=cleaned.get("ship_line1", ""), line2=cleaned.get("ship_line2", ""),
+                postcode=cleaned.get("ship_postcode", ""), city=cleaned.get("ship_city", ""),
+                country=cleaned.get("ship_country", ""), phone=cleaned.get("phone", ""),
+            )
+        except AddressInvalid as invalid:
+            for field, message in invalid.errors.items():
+                # No customer name yet: the name field already says so.
+                if field == "ship_name" and not cleaned.get("customer_name"):
+                    continue
+                self.add_error(field, message)
 
     def _total(self, quantities: dict[int, int]) -> Decimal:
         return sum((self.products[pid].price * qty for pid, qty in quantities.items()), Decimal(0))
@@ -193,6 +234,9 @@ class OrderCreateForm(forms.Form):
 
     def line_requests(self) -> list[LineRequest]:
         return [LineRequest(product_id=pid, quantity=qty) for pid, qty in self.quantities.items()]
+
+    def shipping_address(self) -> ShippingAddress | None:
+        return self.address
 
     def fault_plan(self) -> dict | None:
         preset = self.cleaned_data.get("fault_preset") or ""

@@ -44,8 +44,15 @@ ACTION_COPY = {
                  "Mark the follow-up of {number} as resolved? The saga finishes without notifying again."),
     "retry_compensation": ("Retry compensation", "runs the compensations that could not complete again",
                            "Retry the stuck compensation of {number}? The saga runs the undo that failed again."),
+    # A shipped order's delivery (its tracker, not the saga).
+    "mark_delivered": ("Mark delivered", "the parcel arrived: ends its tracking and emails the customer",
+                       "Mark {number} as delivered? Tracking ends and {email} is told it arrived."),
+    "lost_refund": ("Report lost: refund", "ends tracking; opens a refund-due follow-up",
+                    "Report the parcel of {number} lost and owe the customer a refund?"),
+    "lost_reship": ("Report lost: re-ship", "ends tracking; opens a re-ship follow-up",
+                    "Report the parcel of {number} lost and owe the customer a new parcel?"),
 }
-DANGEROUS_ACTIONS = frozenset({"compensate", "cancel"})
+DANGEROUS_ACTIONS = frozenset({"compensate", "cancel", "lost_refund", "lost_reship"})
 
 
 @dataclass
@@ -95,6 +102,9 @@ SUCCESS_MESSAGES = {
     "resend": "Resend sent to the saga of {number}: the customer is being notified again.",
     "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
     "retry_compensation": "Retry sent to the saga of {number}: the compensation that failed runs again.",
+    "mark_delivered": "Delivery of {number} sent to its tracker: the order is marked delivered.",
+    "lost_refund": "Loss of {number}'s parcel sent to its tracker: a refund-due follow-up opens.",
+    "lost_reship": "Loss of {number}'s parcel sent to its tracker: a re-ship follow-up opens.",
 }
 
 

@@ -98,7 +98,8 @@ def order_row_get(order_id: int) -> Order | None:
 # --- operator actions -------------------------------------------------------------------
 
 # The order the buttons come in.
-ACTION_ORDER = ("retry", "retry_compensation", "compensate", "cancel", "resend", "resolved")
+ACTION_ORDER = ("retry", "retry_compensation", "compensate", "cancel", "resend", "resolved",
+                "mark_delivered", "lost_refund", "lost_reship")
 
 
 @dataclass

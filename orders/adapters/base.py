@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, TypeVar
 
+from ..addresses import ShippingAddress
 from ..errors import GatewayUnavailable
 
 
@@ -93,7 +94,11 @@ class CarrierBooking:
 
 
 class Carrier(Protocol):
-    def book_parcel(self, *, order_id: int, shipment_key: str, parcel_number: int) -> str: ...
+    def book_parcel(self, *, order_id: int, shipment_key: str, parcel_number: int,
+                    address: ShippingAddress | None = None) -> str:
+        """Book one parcel to `address` (None: orders from before addresses, the carrier's
+        account default). Raises ShippingRejected for an address it cannot serve."""
+        ...
 
     def cancel(self, *, order_id: int, shipment_key: str) -> None:
         """Cancel every parcel booked under the key (none booked: nothing happens)."""

@@ -32,11 +32,14 @@ from ..circuit_breaker import breaker_for
 from ..crashpoints import crash_point
 from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
 from ..log_context import get_logger
-from ..services import inventory, notifications, ordering, payments, shipping
+from ..services import delivery, inventory, notifications, ordering, payments, shipping
 from ..services.outages import saga_step_waiting
 from ..services.saga import saga_step_failed, saga_step_started, saga_transition_record
 from .shared import (
     DeliveryCheck,
+    DeliveryEnd,
+    DeliveryFollowUp,
+    DeliveryNotice,
     DeliveryStatus,
     SagaTransition,
     StepInput,
@@ -361,7 +364,8 @@ def close_followup(transition: SagaTransition) -> None:
 def check_delivery(check: DeliveryCheck) -> DeliveryStatus:
     close_old_connections()
     try:
-        return DeliveryStatus(delivered=shipping.shipment_is_delivered(order_id=check.order_id))
+        delivered, returned = delivery.delivery_state(order_id=check.order_id)
+        return DeliveryStatus(delivered=delivered, returned=returned)
     finally:
         close_old_connections()
 
@@ -374,3 +378,36 @@ def mark_delivered(check: DeliveryCheck) -> None:
     finally:
         close_old_connections()
 
+
+
+@_activity("delivery_end", queue=ORDERS_QUEUE_ACTIVITIES)
+def delivery_end(end: DeliveryEnd) -> None:
+    close_old_connections()
+    try:
+        delivery.delivery_tracking_end(order_id=end.order_id, outcome=end.outcome, source=end.source, key=end.key,
+                                       action_id=end.action_id)
+    finally:
+        close_old_connections()
+
+
+@_activity("delivery_followup_open", queue=ORDERS_QUEUE_ACTIVITIES)
+def delivery_followup_open(followup: DeliveryFollowUp) -> None:
+    close_old_connections()
+    try:
+        delivery.delivery_followup_open(order_id=followup.order_id, kind=followup.kind, reason=followup.reason,
+                                        key=followup.key)
+    finally:
+        close_old_connections()
+
+
+@_activity("notify_delivery", queue=ORDERS_QUEUE_ACTIVITIES)
+def notify_delivery(notice: DeliveryNotice) -> str:
+    """The shipped or delivered email; a refusal is an ApplicationError the tracker retries (bounded)."""
+    close_old_connections()
+    try:
+        return delivery.customer_delivery_notify(order_id=notice.order_id, outcome=notice.outcome,
+                                                 attempt=activity.info().attempt)
+    except OrderError as exc:
+        raise ApplicationError(str(exc), type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN) from exc
+    finally:
+        close_old_connections()

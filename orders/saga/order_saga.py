@@ -588,6 +588,8 @@ class OrderSagaWorkflow:
                 order_id=self._input.order_id,
                 check_interval_seconds=self._input.delivery_check_interval_seconds,
                 checks_per_run=self._input.delivery_checks_per_run,
+                deadline_seconds=self._input.delivery_deadline_seconds,
+                give_up_seconds=self._input.delivery_give_up_seconds,
             ),
             id=tracker_id,
             # The tracker outlives the saga, which ends once the customer is told.

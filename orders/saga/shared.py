@@ -115,6 +115,9 @@ class SagaInput:
     retry: RetrySettings = field(default_factory=RetrySettings)
     delivery_check_interval_seconds: float = 6 * 3600
     delivery_checks_per_run: int = 20
+    # The shipment's deadline, and how long past it the tracker waits for staff (issue 8).
+    delivery_deadline_seconds: float = 7 * 86400
+    delivery_give_up_seconds: float = 30 * 86400
 
 
 @dataclass
@@ -162,6 +165,14 @@ class DeliveryInput:
     check_interval_seconds: float
     checks_per_run: int
     checks_done: int = 0
+    # Issue 8 ("tracker-ends"): carried across continue-as-new. The deadline is set by the
+    # first run (unix seconds) from deadline_seconds; after it the tracker opens an overdue
+    # follow-up and waits give_up_seconds more for staff or the carrier, then ends.
+    deadline_seconds: float = 7 * 86400
+    give_up_seconds: float = 30 * 86400
+    deadline_at: float | None = None
+    overdue_reported: bool = False
+    shipped_notified: bool = False
 
 
 @dataclass
@@ -173,9 +184,61 @@ class DeliveryCheck:
 @dataclass
 class DeliveryStatus:
     delivered: bool
+    returned: bool = False
 
 
 @dataclass
 class DeliveredSignal:
     source: str = "carrier"
     action_id: int | None = None
+
+
+class DeliveryOutcome(str, Enum):
+    """How a delivery tracker ends (issue 8: every tracker ends)."""
+
+    DELIVERED = "delivered"
+    RETURNED = "returned"
+    LOST_REFUND = "lost_refund"  # staff reported it lost; the customer is owed a refund
+    LOST_RESHIP = "lost_reship"  # staff reported it lost; a new parcel is owed
+    GIVEN_UP = "given_up"  # nobody decided within the give-up time after the deadline
+
+
+# Staff commands the tracker takes (signal names; OperatorAction.Action values too).
+DELIVERY_COMMANDS = (DeliveryOutcome.DELIVERED, DeliveryOutcome.LOST_REFUND, DeliveryOutcome.LOST_RESHIP)
+MARK_DELIVERED_SIGNAL = "mark_delivered"
+
+
+@dataclass
+class CarrierEventSignal:
+    """A carrier webhook event, passed on by orders.services.carrier_events once it is stored."""
+
+    event_id: str
+    event: str  # in_transit, out_for_delivery, delivered, delivery_failed, returned
+    occurred_at: str = ""
+
+
+@dataclass
+class DeliveryEnd:
+    """The tracker's last write: the shipment's end, the order's status, the command answered."""
+
+    order_id: int
+    outcome: str  # a DeliveryOutcome value
+    source: str
+    key: str
+    action_id: int | None = None
+
+
+@dataclass
+class DeliveryFollowUp:
+    order_id: int
+    kind: str  # FollowUp.Kind value: delivery_overdue, delivery_failed
+    reason: str
+    key: str
+
+
+@dataclass
+class DeliveryNotice:
+    """A customer email about the parcel: shipped (with tracking number) or delivered."""
+
+    order_id: int
+    outcome: str  # "shipped" or "delivered"

@@ -4,13 +4,14 @@ The wording of the customer's page is orders.presenters'; this says what happene
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from ..addresses import order_shipping_address
 from ..adapters import payment_gateway
 from ..errors import GatewayUnavailable
-from ..models import Order, SagaEvent
+from ..models import Order, SagaEvent, Shipment
 from ..status import OrderStatus, SagaStatus
 
 Kind = SagaEvent.Kind
@@ -46,6 +47,10 @@ class CustomerOrder:
     gateway_confirms_no_charge: bool
     shipped: bool  # handed to the carrier, and not called back
     confirmation_sent: bool
+    # Where the parcel goes (label lines; empty for orders from before addresses) and the
+    # carrier's tracking number once shipped. The customer's own, so theirs to see.
+    address_lines: list[str] = field(default_factory=list)
+    tracking_number: str = ""
 
 
 def order_by_public_token(token: str) -> Order | None:
@@ -90,4 +95,10 @@ def customer_order(order: Order) -> CustomerOrder:
         gateway_confirms_no_charge=not charged and unsuccessful and _gateway_confirms_no_charge(order),
         shipped=("ship", Kind.SUCCEEDED) in done and ("ship", Kind.COMPENSATED) not in done,
         confirmation_sent=("notify", Kind.SUCCEEDED) in done,
+        address_lines=address.lines() if (address := order_shipping_address(order)) else [],
+        tracking_number=_tracking_number(order) if ("ship", Kind.SUCCEEDED) in done else "",
     )
+
+
+def _tracking_number(order: Order) -> str:
+    return Shipment.objects.filter(order_id=order.pk).values_list("carrier_reference", flat=True).first() or ""

@@ -9,18 +9,23 @@ saying what really happened, and the saga event it caused points to it.
 """
 
 from django.db import transaction
+from django.utils import timezone
 
 from ..locks import lock_order
 from ..log_context import get_logger, order_bind
-from ..models import FollowUp, OperatorAction, Order
-from ..saga.shared import CANCELLABLE_STEPS, OperatorCommand
-from ..status import TERMINAL_SAGA_STATUSES, SagaStatus
+from ..models import FollowUp, OperatorAction, Order, SagaEvent, Shipment
+from ..saga.shared import CANCELLABLE_STEPS, OperatorCommand, delivery_workflow_id
+from ..status import TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
 from ..temporal_client import run_with_client
+from .events import saga_event_record
 
 logger = get_logger(__name__)
 
 Action = OperatorAction.Action
 Outcome = OperatorAction.Outcome
+
+# Commands for the delivery tracker (a shipped order's), not the saga: the signal goes there.
+DELIVERY_ACTIONS = (Action.MARK_DELIVERED, Action.LOST_REFUND, Action.LOST_RESHIP)
 
 
 class ActionNotAllowed(Exception):
@@ -42,9 +47,19 @@ def operator_action_check(order: Order, action: str) -> str | None:
             return f"Order {order.number} is already being rolled back."
         if order.current_step and order.current_step not in {s.value for s in CANCELLABLE_STEPS}:
             return f"Order {order.number} can no longer be cancelled: shipping has been arranged."
-    elif action in (Action.RESEND, Action.RESOLVED):
+    elif action == Action.RESEND:
+        if not order.followups.filter(state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).exists():
+            return f"Order {order.number} has no open follow-up."
+    elif action == Action.RESOLVED:
         if not order.followups.filter(state=FollowUp.State.OPEN).exists():
             return f"Order {order.number} has no open follow-up."
+    elif action in DELIVERY_ACTIONS:
+        shipment = Shipment.objects.filter(order=order).first()
+        if order.status not in (OrderStatus.PROCESSING, OrderStatus.COMPLETED) or shipment is None \
+                or shipment.state != Shipment.State.BOOKED:
+            return f"Order {order.number} has no parcel on its way."
+        if shipment.tracking_ended_at is not None:
+            return f"Order {order.number}'s delivery is no longer tracked."
     else:
         return f"Unknown action {action!r}."
     return None
@@ -68,9 +83,29 @@ def operator_action_send(*, order_id: int, action: str, actor, reason: str = "")
             logger.info("operator_action_refused", action=action, reason=why_not)
             raise ActionNotAllowed(why_not)
         audit = OperatorAction.objects.create(order=order, action=action, actor=actor, reason=reason.strip()[:2000])
-    _signal(audit, order.workflow_id)
+        if action == Action.RESOLVED and not order.followups.filter(
+                state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).exists():
+            # Only follow-ups of the delivery (overdue, failed, a lost parcel's) are open:
+            # no workflow waits on them, so staff settle them here.
+            _followups_resolve_here(order, audit)
+            return audit
+    target = delivery_workflow_id(order.workflow_id) if action in DELIVERY_ACTIONS else order.workflow_id
+    _signal(audit, target)
     audit.refresh_from_db()
     return audit
+
+
+def _followups_resolve_here(order: Order, audit: OperatorAction) -> None:
+    """Close the order's open (non-notify) follow-ups, with the command applied and its event.
+    The caller's transaction holds the order's row lock."""
+    kinds = list(order.followups.filter(state=FollowUp.State.OPEN).values_list("kind", flat=True))
+    order.followups.filter(state=FollowUp.State.OPEN).update(
+        state=FollowUp.State.RESOLVED, resolution="resolved", resolved_at=timezone.now())
+    detail = f"Follow-up resolved by staff ({', '.join(FollowUp.Kind(k).label for k in kinds)})"
+    audit.outcome, audit.outcome_detail = Outcome.APPLIED, detail
+    audit.save(update_fields=["outcome", "outcome_detail", "updated_at"])
+    saga_event_record(order, kind=SagaEvent.Kind.SIGNAL, step="ship", detail=detail, operator_action_id=audit.pk,
+                      key=f"action-{audit.pk}")
 
 
 def _signal(audit: OperatorAction, workflow_id: str) -> None:

@@ -83,8 +83,8 @@ def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | No
     with transaction.atomic():
         order = lock_order(order_id)
         if key and SagaEvent.objects.filter(idempotency_key=key).exists():
-            return order.followups.filter(state=FollowUp.State.OPEN).first()
-        followup = order.followups.filter(state=FollowUp.State.OPEN).first()
+            return order.followups.filter(state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).first()
+        followup = order.followups.filter(state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).first()
         opened = False
         if followup is None:
             try:
@@ -92,7 +92,7 @@ def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | No
                     followup = FollowUp.objects.create(order=order, reason=reason[:2000])
                     opened = True
             except IntegrityError:
-                followup = order.followups.get(state=FollowUp.State.OPEN)
+                followup = order.followups.get(state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY)
         saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason, key=key or None,
                           saga_status=SagaStatus.NEEDS_FOLLOWUP, last_error=reason)
     if opened:
@@ -101,7 +101,7 @@ def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | No
 
 
 def followup_close(*, order_id: int, resolution: str) -> None:
-    """Close the order's open follow-up: 'resolved' by staff or 'resent' successfully."""
-    FollowUp.objects.filter(order_id=order_id, state=FollowUp.State.OPEN).update(
+    """Close the order's open notify follow-up: 'resolved' by staff or 'resent' successfully."""
+    FollowUp.objects.filter(order_id=order_id, state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).update(
         state=FollowUp.State.RESOLVED, resolution=resolution, resolved_at=timezone.now()
     )

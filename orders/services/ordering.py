@@ -2,7 +2,7 @@
 
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 from django.conf import settings
@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 
+from ..addresses import AddressInvalid, ShippingAddress, address_clean
 from ..errors import OrderInvalid
 from ..faults import FaultPlanInvalid, fault_plan_clean
 from ..locks import lock_order
@@ -42,12 +43,25 @@ def order_create(
     fault_plan: dict | None = None,
     created_by=None,
     start_saga: bool = True,
+    shipping_address: dict | ShippingAddress | None = None,
 ) -> Order:
     """Save an order with its lines and start its saga once the transaction commits.
 
-    Raises OrderRejected with per-field messages; nothing is saved then.
+    `shipping_address`: the keyword arguments of orders.addresses.address_clean (name,
+    line1, line2, postcode, city, country, phone), or a cleaned ShippingAddress; checked
+    here whatever the caller did. Raises OrderRejected with per-field messages (address
+    ones keyed by the Order field: ship_postcode, phone, …); nothing is saved then.
     """
     errors: dict[str, str] = {}
+    address_fields: dict[str, str] = {}
+    if shipping_address is not None:
+        raw = asdict(shipping_address) if isinstance(shipping_address, ShippingAddress) else shipping_address
+        try:
+            address_fields = address_clean(**raw).as_order_fields()
+        except AddressInvalid as exc:
+            errors.update(exc.errors)
+        except TypeError as exc:
+            errors["shipping_address"] = f"Incomplete address: {exc}"
     customer_name = (customer_name or "").strip()
     customer_email = (customer_email or "").strip()
     if not customer_name:
@@ -92,6 +106,7 @@ def order_create(
             total=total,
             fault_plan=plan,
             created_by=created_by,
+            **address_fields,
         )
         order.number = f"SO-{order.pk:06d}"
         order.workflow_id = order_workflow_id(order.pk)

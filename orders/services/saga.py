@@ -46,6 +46,8 @@ def saga_input_for(order: Order) -> SagaInput:
         ),
         delivery_check_interval_seconds=settings.DELIVERY_CHECK_INTERVAL_SECONDS,
         delivery_checks_per_run=settings.DELIVERY_CHECKS_PER_RUN,
+        delivery_deadline_seconds=settings.DELIVERY_DEADLINE_DAYS * 86400,
+        delivery_give_up_seconds=settings.DELIVERY_GIVE_UP_DAYS * 86400,
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from django.db import transaction
 from django.utils import timezone
 
+from ..addresses import order_shipping_address
 from ..adapters import shipping_carrier
 from ..adapters.base import Carrier, lookup_after_failure
 from ..crashpoints import crash_point
@@ -38,9 +39,11 @@ def shipment_arrange(
     if shipment.state == Shipment.State.BOOKED:
         return "already booked"
     carrier = shipping_carrier()
+    address = order_shipping_address(order)
     for number in range(resume_after + 1, parcels + 1):
         try:
-            carrier.book_parcel(order_id=order_id, shipment_key=idempotency_key, parcel_number=number)
+            carrier.book_parcel(order_id=order_id, shipment_key=idempotency_key, parcel_number=number,
+                                address=address)
         except GatewayUnavailable:
             booking = lookup_after_failure(carrier.shipment_lookup, idempotency_key)
             if booking is None or number not in booking.active:
@@ -127,6 +130,9 @@ def shipment_mark_delivered(*, order_id: int, source: str) -> None:
         order = lock_order(order_id)
         if order.status == OrderStatus.DELIVERED:
             return
-        Shipment.objects.filter(order=order).update(state=Shipment.State.DELIVERED, delivered_at=timezone.now())
+        now = timezone.now()
+        # The tracker that calls this (trackers from before "tracker-ends") ends right after.
+        Shipment.objects.filter(order=order).update(state=Shipment.State.DELIVERED, delivered_at=now,
+                                                    tracking_ended_at=now)
         saga_event_record(order, kind=SagaEvent.Kind.FINISHED, step="ship", detail=f"Delivered (reported by {source})",
                           status=OrderStatus.DELIVERED)

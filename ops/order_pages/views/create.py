@@ -35,6 +35,7 @@ def order_create_view(request):
                 lines=form.line_requests(),
                 fault_plan=form.fault_plan(),
                 created_by=request.user,
+                shipping_address=form.shipping_address(),
             )
         except OrderRejected as rejected:
             form.add_service_errors(rejected.errors)

@@ -1,0 +1,173 @@
+"""After shipping: the delivery tracker's writes (how it ends, its follow-ups) and the
+customer's shipped and delivered emails.
+
+Each write is once per key (the tracker derives them from its workflow id), so an
+activity re-run after a crash changes nothing; broadcasts go out after commit.
+"""
+
+from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from ..adapters import customer_notifier
+from ..adapters.base import Notification
+from ..errors import NotificationFailed
+from ..locks import lock_order
+from ..models import CarrierEvent, FollowUp, NotificationAttempt, Order, SagaEvent, Shipment
+from ..saga.shared import DeliveryOutcome
+from ..status import OrderStatus
+from .commands import operator_action_outcome_record
+from .events import saga_event_record
+from .notifications import notification_key, order_status_url
+from .shipping import shipment_is_delivered
+
+DELIVERY_FOLLOWUP_KINDS = (FollowUp.Kind.DELIVERY_OVERDUE, FollowUp.Kind.DELIVERY_FAILED)
+
+_END_SHIPMENT_STATE = {
+    DeliveryOutcome.DELIVERED: Shipment.State.DELIVERED,
+    DeliveryOutcome.RETURNED: Shipment.State.RETURNED,
+    DeliveryOutcome.LOST_REFUND: Shipment.State.LOST,
+    DeliveryOutcome.LOST_RESHIP: Shipment.State.LOST,
+}
+_LOST_FOLLOWUP = {
+    DeliveryOutcome.LOST_REFUND: (FollowUp.Kind.REFUND_DUE,
+                                  "Parcel reported lost: refund the customer (returns and refunds)."),
+    DeliveryOutcome.LOST_RESHIP: (FollowUp.Kind.RESHIP_DUE,
+                                  "Parcel reported lost: send the customer a new parcel."),
+}
+
+
+def delivery_state(*, order_id: int) -> tuple[bool, bool]:
+    """(delivered, returned), from our own records first (a webhook stored whose signal was
+    lost, a staff decision), then from the carrier when it can be asked."""
+    events = set(CarrierEvent.objects.filter(order_id=order_id, event__in=["delivered", "returned"])
+                 .values_list("event", flat=True))
+    if "delivered" in events:
+        return True, False
+    if "returned" in events:
+        return False, True
+    return shipment_is_delivered(order_id=order_id), False
+
+
+def _end_detail(outcome: DeliveryOutcome, source: str) -> str:
+    return {
+        DeliveryOutcome.DELIVERED: f"Delivered (reported by {source})",
+        DeliveryOutcome.RETURNED: f"Returned to the shop (reported by {source}); tracking ended",
+        DeliveryOutcome.LOST_REFUND: "Reported lost by staff; a refund is due (follow-up opened)",
+        DeliveryOutcome.LOST_RESHIP: "Reported lost by staff; a new parcel is due (follow-up opened)",
+        DeliveryOutcome.GIVEN_UP: "Tracking ended: nobody settled the overdue delivery in time; "
+                                  "its follow-up stays open",
+    }[outcome]
+
+
+def delivery_tracking_end(*, order_id: int, outcome: str, source: str, key: str,
+                          action_id: int | None = None) -> bool:
+    """The tracker's last write: the shipment's end state, the order delivered (when it
+    was), delivery follow-ups closed (or a lost parcel's opened), the staff command's
+    outcome, and a 'finished' event on the ship track. Once per key; returns whether it wrote.
+    Locks: the order row.
+    """
+    outcome = DeliveryOutcome(outcome)
+    with transaction.atomic():
+        order = lock_order(order_id)
+        if SagaEvent.objects.filter(idempotency_key=key).exists():
+            return False
+        now = timezone.now()
+        shipment_update = {"tracking_ended_at": now, "updated_at": now}
+        if outcome in _END_SHIPMENT_STATE:
+            shipment_update["state"] = _END_SHIPMENT_STATE[outcome]
+        if outcome == DeliveryOutcome.DELIVERED:
+            shipment_update["delivered_at"] = now
+        Shipment.objects.filter(order=order).update(**shipment_update)
+        if outcome != DeliveryOutcome.GIVEN_UP:
+            FollowUp.objects.filter(order=order, state=FollowUp.State.OPEN, kind__in=DELIVERY_FOLLOWUP_KINDS).update(
+                state=FollowUp.State.RESOLVED, resolution=outcome.value[:20], resolved_at=now)
+        if outcome in _LOST_FOLLOWUP:
+            kind, reason = _LOST_FOLLOWUP[outcome]
+            _followup_create(order, kind=kind, reason=reason)
+        detail = _end_detail(outcome, source)
+        recorded_action = None
+        if action_id is not None and operator_action_outcome_record(
+            action_id=action_id, order_id=order.pk, outcome="applied", detail=detail,
+        ):
+            recorded_action = action_id
+        saga_event_record(order, kind=SagaEvent.Kind.FINISHED, step="ship", detail=detail, key=key,
+                          operator_action_id=recorded_action,
+                          status=OrderStatus.DELIVERED if outcome == DeliveryOutcome.DELIVERED else None)
+    return True
+
+
+def _followup_create(order: Order, *, kind: str, reason: str) -> FollowUp:
+    """One open follow-up per order and kind: an open one of the kind is kept as it is."""
+    try:
+        with transaction.atomic():
+            return FollowUp.objects.create(order=order, kind=kind, reason=reason[:2000])
+    except IntegrityError:
+        return FollowUp.objects.get(order=order, kind=kind, state=FollowUp.State.OPEN)
+
+
+def delivery_followup_open(*, order_id: int, kind: str, reason: str, key: str) -> FollowUp:
+    """Put a delivery problem (overdue, failed) on the follow-up queue, once per key, with
+    its event on the ship track. Locks: the order row."""
+    if kind not in DELIVERY_FOLLOWUP_KINDS:
+        raise ValueError(f"{kind!r} is not a delivery follow-up")
+    with transaction.atomic():
+        order = lock_order(order_id)
+        followup = _followup_create(order, kind=kind, reason=reason)
+        saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="ship", detail=reason, key=key)
+    return followup
+
+
+# --- the customer's emails about the parcel ----------------------------------------------
+
+_EMAILS = {
+    "shipped": ("Your order {number} has shipped", "orders/email/order_shipped.txt"),
+    "delivered": ("Your order {number} has been delivered", "orders/email/order_delivered.txt"),
+}
+
+
+def delivery_email_key(order: Order, outcome: str) -> str:
+    """One message per saga and outcome, like the confirmation: `order-42-k3Xf...:notify:shipped`."""
+    return notification_key(f"{order.workflow_id}:notify", outcome)
+
+
+def customer_delivery_notify(*, order_id: int, outcome: str, attempt: int = 1) -> str:
+    """Email the customer that the parcel shipped (with its tracking number) or arrived,
+    once per order and outcome whatever the retries: our ledger, then the notifier's book,
+    then a send (as orders.services.notifications.customer_notify). Raises NotificationFailed.
+    Locks: the order row (for the success).
+    """
+    if outcome not in _EMAILS:
+        raise ValueError(f"no delivery email for {outcome!r}")
+    order = Order.objects.get(pk=order_id)
+    key = delivery_email_key(order, outcome)
+    if NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+        return "already emailed"
+    notifier = customer_notifier()
+    detail = f"Emailed {order.customer_email}: {outcome}"
+    if notifier.sent_lookup(key):
+        detail += " (sent by an earlier attempt)"
+    else:
+        subject, template = _EMAILS[outcome]
+        shipment = Shipment.objects.filter(order=order).first()
+        context = {"order": order, "status_url": order_status_url(order),
+                   "tracking_number": shipment.tracking_number if shipment else ""}
+        try:
+            notifier.send(Notification(order_id=order.pk, to=order.customer_email,
+                                       subject=subject.format(number=order.number),
+                                       body=render_to_string(template, context), idempotency_key=key))
+        except NotificationFailed as exc:
+            NotificationAttempt.objects.create(order=order, succeeded=False, error=str(exc), attempt=attempt,
+                                               idempotency_key=key)
+            raise
+    try:
+        with transaction.atomic():
+            order = lock_order(order_id)
+            NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt, idempotency_key=key)
+            saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="ship", detail=detail, attempt=attempt,
+                              key=f"{key}:sent")
+    except IntegrityError:
+        if not NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+            raise
+        return "already emailed"
+    return detail
