@@ -31,3 +31,15 @@ def make_order(*, products: list[tuple[Product, int]] | None = None, fault_plan:
         start_saga=start_saga,
         shipping_address=shipping_address,
     )
+
+
+# A shipping address the sandbox carrier serves, as the create form's fields.
+SHIPPING_FORM = {"ship_line1": "Keizersgracht 1", "ship_postcode": "1015 CJ", "ship_city": "Amsterdam",
+                 "ship_country": "NL", "phone": "+31 20 123 4567"}
+
+
+def create_form_data(product, quantity: int = 1, fault_preset: str = "") -> dict:
+    """What an operator posts to the create-order form for one line of `product`."""
+    return {"customer_name": "Grace Hopper", "customer_email": "grace@example.com",
+            "line-0-product": str(product.pk), "line-0-quantity": str(quantity), "fault_preset": fault_preset,
+            **SHIPPING_FORM}

@@ -26,7 +26,7 @@ from orders.saga.shared import StepInput, StepResult
 from ordersite.logging_config import structured_formatter
 
 from .conftest import wait_for
-from .factories import make_product
+from .factories import create_form_data, make_product
 
 pytest_plugins = ["tests.background_fixtures"]
 
@@ -63,10 +63,6 @@ def log_lines():
         root.removeHandler(handler)
 
 
-def _create_data(product, fault_preset: str = "") -> dict:
-    return {"customer_name": "Grace Hopper", "customer_email": "grace@example.com",
-            "line-0-product": str(product.pk), "line-0-quantity": "1", "fault_preset": fault_preset}
-
 
 async def test_an_order_is_followed_from_the_request_to_its_activities_by_its_id(
     saga_env, log_lines, client, staff_user,
@@ -75,7 +71,7 @@ async def test_an_order_is_followed_from_the_request_to_its_activities_by_its_id
     user = await sync_to_async(staff_user)("operator")
     await sync_to_async(client.force_login)(user)
 
-    response = await sync_to_async(client.post)(reverse("orders:create"), _create_data(product, "decline"))
+    response = await sync_to_async(client.post)(reverse("orders:create"), create_form_data(product, fault_preset="decline"))
     assert response.status_code == 302, response.content.decode()[:500]
     order = await sync_to_async(Order.objects.get)()
     await wait_for(lambda: log_lines.events("step_failed"), message="the declined charge's log line")

@@ -27,7 +27,7 @@ from ordersite import tracing
 
 from .conftest import order_state, wait_for
 from .test_structured_logs import log_lines  # noqa: F401  (the fixture)
-from .factories import make_product
+from .factories import create_form_data, make_product
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.background_fixtures"]
@@ -61,15 +61,11 @@ def _request_span(exporter: InMemorySpanExporter, method: str, path_part: str):
     return found[0]
 
 
-def _create_data(product, fault_preset: str = "") -> dict:
-    return {"customer_name": "Grace Hopper", "customer_email": "grace@example.com",
-            "line-0-product": str(product.pk), "line-0-quantity": "1", "fault_preset": fault_preset}
-
 
 async def _create_order(client, staff_user, fault_preset: str = "") -> tuple[Order, object]:
     product = await sync_to_async(make_product)(price="12.00", stock=5)
     await sync_to_async(client.force_login)(await sync_to_async(staff_user)("operator"))
-    response = await sync_to_async(client.post)(reverse("orders:create"), _create_data(product, fault_preset))
+    response = await sync_to_async(client.post)(reverse("orders:create"), create_form_data(product, fault_preset=fault_preset))
     assert response.status_code == 302, response.content.decode()[:500]
     return await sync_to_async(Order.objects.get)(), response
 
