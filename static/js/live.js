@@ -31,3 +31,16 @@
     render();
   });
 })();
+
+// Timeline rows never twice: a saga event can reach the page both in the connect snapshot
+// and as its own socket frame (the snapshot is read while the event is being broadcast).
+// Rows carry the SagaEvent's id; an appended row whose id is already on the page is dropped.
+(function () {
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var fragment = event.detail && event.detail.fragment;
+    if (!fragment || !fragment.querySelectorAll) return;
+    fragment.querySelectorAll("li.saga-event[id]").forEach(function (row) {
+      if (document.getElementById(row.id)) row.remove();
+    });
+  });
+})();
