@@ -147,7 +147,7 @@ def test_buttons_carry_a_confirmation_that_says_what_happens(client_as):
     order = stuck_order()
     html = client_as("operator").get(reverse("orders:detail", args=[order.pk])).content.decode()
     assert f'hx-confirm="Retry the charge payment step of {order.number}? The saga runs the failed step again."' in html
-    assert "every completed step is undone" in html.lower()
+    assert "roll back? the order ends as failed." in html.lower()
     assert 'name="reason"' in html
 
 
