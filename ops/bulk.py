@@ -66,6 +66,22 @@ def bulk_operation_create(
     are not stuck are kept: they fail one by one with the reason, like any other refusal.
     Raises BulkInputInvalid or PermissionDenied; nothing is saved then.
     """
+    step = (step or "").strip()
+    ids = bulk_selection(action=action, actor=actor, order_ids=order_ids, step=step)
+    with transaction.atomic():
+        operation = BulkOperation.objects.create(
+            action=action, requested_by=actor, reason=(reason or "").strip()[:2000], step=step, total=len(ids),
+        )
+        BulkOperationItem.objects.bulk_create(
+            [BulkOperationItem(operation=operation, order_id=i) for i in ids], batch_size=500
+        )
+        job_enqueue_on_commit(BULK_OPERATION_RUN, operation.pk)
+    return operation
+
+
+def bulk_selection(*, action: str, actor, order_ids=None, step: str | None = None) -> list[int]:
+    """The order ids a bulk action would act on (bulk_operation_create's checks, nothing
+    saved): what its confirmation previews. Raises BulkInputInvalid or PermissionDenied."""
     if action not in BULK_ACTIONS:
         raise BulkInputInvalid("Choose an action: retry or compensate.")
     if actor is None or not actor.has_perm(OPERATE_SAGAS):
@@ -93,16 +109,7 @@ def bulk_operation_create(
     if missing:
         shown = ", ".join(f"#{i}" for i in missing[:10])
         raise BulkInputInvalid(f"No such order: {shown}{' and more' if len(missing) > 10 else ''}.")
-
-    with transaction.atomic():
-        operation = BulkOperation.objects.create(
-            action=action, requested_by=actor, reason=(reason or "").strip()[:2000], step=step, total=len(ids),
-        )
-        BulkOperationItem.objects.bulk_create(
-            [BulkOperationItem(operation=operation, order_id=i) for i in ids], batch_size=500
-        )
-        job_enqueue_on_commit(BULK_OPERATION_RUN, operation.pk)
-    return operation
+    return ids
 
 
 def _item_finish(operation: BulkOperation, item_id: int, *, state: str, detail: str, action_id: int | None) -> None:

@@ -146,25 +146,6 @@ def rollback_outcome(order: Order) -> RollbackOutcome:
     )
 
 
-@dataclass(frozen=True)
-class HeldByOrder:
-    """What a stuck order holds while it waits: money charged, stock reserved or sold."""
-
-    charged: Decimal
-    items_held: int
-
-
-def held_by_orders(order_ids: list[int]) -> dict[int, HeldByOrder]:
-    """Per order: money charged and not refunded, items reserved or sold. Two queries."""
-    money = _money(order_ids)
-    items = dict(Reservation.objects.filter(order_id__in=order_ids,
-                                            state__in=(Reservation.State.HELD, Reservation.State.CONFIRMED))
-                 .values_list("order_id").annotate(total=Sum("quantity")))
-    return {order_id: HeldByOrder(charged=max(money.get(order_id, Decimal("0")), Decimal("0")),
-                                  items_held=items.get(order_id, 0))
-            for order_id in order_ids}
-
-
 def oldest_stuck_since(statuses: Iterable[str]) -> datetime | None:
     """When the longest-waiting stuck saga got stuck."""
     return (Order.objects.filter(saga_status__in=list(statuses), stuck_since__isnull=False)
