@@ -169,12 +169,30 @@ class OrderCreateForm(forms.Form):
             if quantity > settings.MAX_LINE_QUANTITY:
                 name = self.products[product_id].name
                 self.add_error(None, f"{name} is on several lines: at most {settings.MAX_LINE_QUANTITY} in total.")
+        self._check_stock(quantities)
         total = self._total(quantities)
         if total > settings.MAX_ORDER_TOTAL:
             self.add_error(None, f"The order total {total} {settings.SHOP_CURRENCY} is over the limit of "
                                  f"{settings.MAX_ORDER_TOTAL} {settings.SHOP_CURRENCY}.")
         self.quantities = quantities
         return cleaned
+
+    def _check_stock(self, quantities: dict[int, int]) -> None:
+        """More than is on the shelf now is refused here, not left to fail at reserve. Stock
+        can still change before the saga reserves; its reserve step stays the truth."""
+        for product_id, quantity in quantities.items():
+            product = self.products[product_id]
+            if quantity <= product.on_hand:
+                continue
+            have = f"only {product.on_hand} in stock" if product.on_hand else "out of stock"
+            message = f"{product.name} is {have}: lower the quantity to {product.on_hand} or less."
+            if not product.on_hand:
+                message = f"{product.name} is out of stock: remove this line."
+            rows = [i for i in self.indices if self.cleaned_data.get(f"line-{i}-product") == product_id]
+            if len(rows) == 1:
+                self.add_error(f"line-{rows[0]}-quantity", message)
+            else:
+                self.add_error(None, f"{product.name} is on several lines, {quantity} in all: {have}.")
 
     def _total(self, quantities: dict[int, int]) -> Decimal:
         return sum((self.products[pid].price * qty for pid, qty in quantities.items()), Decimal(0))
@@ -224,8 +242,7 @@ class OrderCreateForm(forms.Form):
         if product is None:
             return ""
         if quantity and quantity > product.on_hand:
-            return (f"Only {product.on_hand} in stock: the saga will not be able to reserve this line "
-                    f"and the order will be rolled back.")
+            return f"Only {product.on_hand} in stock."
         return f"{product.price} {settings.SHOP_CURRENCY} each, {product.on_hand} in stock."
 
     max_lines = MAX_LINES
