@@ -159,6 +159,8 @@ def _with_last_action(followups: QuerySet[FollowUp]) -> QuerySet[FollowUp]:
         last_action=Subquery(last.values("action")[:1]),
         last_action_outcome=Subquery(last.values("outcome")[:1]),
         last_action_at=Subquery(last.values("created_at")[:1]),
+        # Why staff closed it, in their words (the resolve's reason), for the resolved badge.
+        last_action_reason=Subquery(last.values("reason")[:1]),
     ).annotate(
         # Asked for, but the saga has not answered yet: the row offers no second click.
         last_action_pending=Case(

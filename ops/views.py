@@ -77,13 +77,17 @@ def _followup_row(request: HttpRequest, followup_id: int, *, error: str = "", no
         followup = selectors.followup_get(followup_id)
     except FollowUp.DoesNotExist:
         raise Http404("No such follow-up.") from None
-    return render(request, "ops/partials/followup.html", {
+    response = render(request, "ops/partials/followup.html", {
         "followup": followup,
         "can_work": request.user.has_perm(WORK_FOLLOWUPS),
         "note_form": note_form or FollowUpNoteForm(),
         "row_error": error,
         "next_url": reverse("ops:followups"),
     }, status=status)
+    if followup.state != FollowUp.State.OPEN:
+        # The queue's header counts open follow-ups: it re-reads itself on this event.
+        response["HX-Trigger"] = "followup-closed"
+    return response
 
 
 @require_GET

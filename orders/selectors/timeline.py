@@ -83,6 +83,11 @@ class SagaTimeline:
         return any(track.state == "compensated" for track in self.compensations)
 
     @property
+    def shipment_refused(self) -> bool:
+        track = self.step_track(StepName.SHIP.value)
+        return track is not None and track.state == "refused"
+
+    @property
     def terminal(self) -> bool:
         return self.order.saga_status in TERMINAL_SAGA_STATUSES
 
