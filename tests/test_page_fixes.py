@@ -3,7 +3,7 @@ tests/browser/test_page_fixes_*.py). Orders are put into saga states by the serv
 saga's activities call (tests/saga_states.py)."""
 
 import html as html_lib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -147,3 +147,53 @@ def test_refused_shipment_reads_refused_by_the_carrier(client_as):
     assert "Cancelled shipment (0 parcel(s) booked)" not in text and "Cancelled 0 of" not in text
     assert "refused by the carrier no parcel was booked: the carrier refused the shipment" in text
     assert "nothing to undo" in text
+
+
+# --- the shop's time zone, date format and public address --------------------------------------
+
+
+def test_dates_are_typed_the_shops_way_and_times_shown_in_its_zone(client_as, settings):
+    from ops.order_pages.forms import OrderFilterForm
+
+    assert settings.TIME_ZONE == settings.SHOP_TIME_ZONE == "Europe/Berlin"  # the default
+    form = OrderFilterForm({"date_from": "24.12.2026", "date_to": "2026-12-31"})
+    assert form.is_valid(), form.errors
+    assert str(form.cleaned_data["date_from"]) == "2026-12-24" and str(form.cleaned_data["date_to"]) == "2026-12-31"
+    form = OrderFilterForm({"date_from": "12/24/2026"})
+    assert not form.is_valid() and form.errors["date_from"] == ["Enter a date as dd.mm.yyyy."]
+    body = client_as("viewer").get(reverse("orders:list")).content.decode()
+    assert 'placeholder="dd.mm.yyyy"' in body and 'type="date"' not in body
+
+    order = make_order(start_saga=False)
+    order.__class__.objects.filter(pk=order.pk).update(
+        created_at=datetime(2026, 7, 1, 10, 0, tzinfo=UTC))
+    body = client_as("viewer").get(reverse("orders:detail", args=[order.pk])).content.decode()
+    assert "2026-07-01 12:00:00" in body  # 10:00 UTC is noon in Berlin in summer
+
+
+def test_bad_shop_settings_fail_with_a_clear_message():
+    import os
+    import subprocess
+    import sys
+
+    for env, message in [({"SHOP_TIME_ZONE": "Mars/Olympus"}, "is not a time zone"),
+                         ({"SHOP_DATE_INPUT_FORMAT": "mm/dd/yyyy"}, "use one of dd.mm.yyyy, yyyy-mm-dd"),
+                         ({"PORT": "eighty"}, "is not a port number")]:
+        result = subprocess.run([sys.executable, "-c", "import ordersite.settings"], capture_output=True, text=True,
+                                env={**os.environ, **env}, timeout=60)
+        assert result.returncode != 0 and message in result.stderr
+
+
+def test_email_links_follow_the_port(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PUBLIC_BASE_URL"}
+    code = "import ordersite.settings as s; print(s.PUBLIC_BASE_URL)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**env, "PORT": "8123"})
+    assert out.stdout.strip() == "http://localhost:8123", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**env, "PORT": "8123", "PUBLIC_BASE_URL": "https://shop.example"})
+    assert out.stdout.strip() == "https://shop.example"

@@ -16,6 +16,7 @@ from orders.models import Product
 from orders.services.ordering import LineRequest
 from orders.status import OrderStatus, SagaStatus, Step
 
+from ..dates import shop_date_field
 from .selectors import DEFAULT_SORT, LIST_SORTS, OrderListFilters
 
 SORT_LABELS = {
@@ -50,8 +51,8 @@ class OrderFilterForm(DateRangeCheck, forms.Form):
     step = forms.ChoiceField(required=False, choices=[("", "Any step"), *Step.choices], label="Current step")
     stuck = forms.BooleanField(required=False, label="Stuck")
     needs_followup = forms.BooleanField(required=False, label="Needs follow-up")
-    date_from = forms.DateField(required=False, label="Created from", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="Created to", widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = shop_date_field("Created from")
+    date_to = shop_date_field("Created to")
     sort = forms.ChoiceField(required=False, choices=[(k, SORT_LABELS[k]) for k in LIST_SORTS], label="Sort by")
 
 
