@@ -60,9 +60,10 @@ def dashboard_counts() -> DashboardCounts:
 
 
 def recent_saga_events(limit: int = RECENT_ACTIVITY_LIMIT) -> list[SagaEvent]:
-    """The latest saga events across all orders, newest first, with their order's number."""
+    """The latest saga events across all orders, newest first, with their order's number.
+    A step starting with nothing to say is left out: it is most rows and no news."""
     return list(
-        SagaEvent.objects.select_related("order")
+        SagaEvent.objects.exclude(kind=SagaEvent.Kind.STARTED, detail="").select_related("order")
         .only("id", "step", "kind", "detail", "attempt", "created_at", "order__id", "order__number")
         .order_by("-id")[:limit]
     )

@@ -197,3 +197,21 @@ def test_email_links_follow_the_port(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**env, "PORT": "8123", "PUBLIC_BASE_URL": "https://shop.example"})
     assert out.stdout.strip() == "https://shop.example"
+
+
+# --- the dashboard ------------------------------------------------------------------------------
+
+
+def test_dashboard_counters_say_how_they_differ_and_activity_skips_empty_starts(client_as):
+    from .test_ops_data import stuck_order as queue_stuck_order
+
+    order = queue_stuck_order()
+    body = page(client_as("viewer"), reverse("ops:home"))
+    assert "the saga waits for an operator to retry or compensate" in body
+    assert "the customer could not be told" in body
+    assert "silent for too long (found by the sweeper)" in body
+    empty_starts = [e.pk for e in order.events.all() if e.kind == "started" and not e.detail]
+    assert empty_starts  # the saga recorded some
+    for pk in empty_starts:
+        assert f'id="ops-event-{pk}"' not in body
+    assert f'id="ops-event-{order.events.order_by("-id").first().pk}"' in body
