@@ -215,3 +215,25 @@ def test_dashboard_counters_say_how_they_differ_and_activity_skips_empty_starts(
     for pk in empty_starts:
         assert f'id="ops-event-{pk}"' not in body
     assert f'id="ops-event-{order.events.order_by("-id").first().pk}"' in body
+
+
+# --- the admin ----------------------------------------------------------------------------------
+
+
+def test_admin_inline_rows_are_titled_by_product_and_the_list_labels_both_states(client_as):
+    order = make_order(start_saga=False, products=[(make_product(name="Widget"), 2)])
+    client = client_as("admin")
+    body = page(client, reverse("admin:orders_order_change", args=[order.pk]))
+    assert "2 × Widget" in body and "OrderLine object" not in body
+    body = page(client, reverse("admin:orders_order_changelist"))
+    assert "Order: Placed<br>Saga: pending" in body
+    assert 'class="admin-email">ada@example.com<' in body
+
+
+def test_sandbox_outage_switch_accepts_only_known_services(client_as):
+    from sandbox.models import SandboxOutage
+
+    client = client_as("admin")
+    response = client.post(reverse("admin:sandbox_sandboxoutage_add"), {"service": "payments-typo", "active": "on"})
+    assert response.status_code == 200 and "Unknown sandbox service" in response.content.decode()
+    assert not SandboxOutage.objects.exists()
