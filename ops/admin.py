@@ -218,6 +218,9 @@ class OrderAdmin(ViewOnlyAdmin):
     ]
     actions = ["retry", "compensate", "resend"]
 
+    class Media:
+        css = {"all": ["css/admin.css"]}
+
 
     def has_operate_saga_permission(self, request):
         return request.user.has_perm(OPERATE_SAGAS)
