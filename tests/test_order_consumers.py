@@ -122,7 +122,7 @@ async def test_viewer_gets_the_page_on_connect_and_each_new_event(staff_user):
     # did not move, so neither the summary nor the buttons come along.
     assert f'<div id="saga-{order.pk}-step-charge-head" class="step-summary state-succeeded" hx-swap-oob="true">' in frame
     # The row carries its event's id: live.js drops one already on the page (the snapshot's).
-    assert re.search(rf'<ol hx-swap-oob="beforeend:#saga-{order.pk}-step-charge-events"><li id="saga-event-\d+" '
+    assert re.search(rf'<ol hx-swap-oob="beforeend:#saga-{order.pk}-step-charge-events"><li id="saga-event-\d+" data-append-once '
                      r'class="saga-event kind-succeeded">', frame)
     assert frame.count('class="saga-event ') == 1  # only the new event: the page has the others
     assert f'id="saga-{order.pk}-header"' in frame

@@ -34,12 +34,13 @@
 
 // Timeline rows never twice: a saga event can reach the page both in the connect snapshot
 // and as its own socket frame (the snapshot is read while the event is being broadcast).
-// Rows carry the SagaEvent's id; an appended row whose id is already on the page is dropped.
+// Rows carry the SagaEvent's id; an appended row (data-append-once) whose id is already on
+// the page is dropped. Rows of a section sent whole replace their old selves: kept.
 (function () {
   document.addEventListener("htmx:oobBeforeSwap", function (event) {
     var fragment = event.detail && event.detail.fragment;
     if (!fragment || !fragment.querySelectorAll) return;
-    fragment.querySelectorAll("li.saga-event[id]").forEach(function (row) {
+    fragment.querySelectorAll("li.saga-event[data-append-once]").forEach(function (row) {
       if (document.getElementById(row.id)) row.remove();
     });
   });

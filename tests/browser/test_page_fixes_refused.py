@@ -26,6 +26,10 @@ async def test_refused_shipment(saga_env, pages, staff_user):
     await expect(page.locator(f"#order-ledger-{order_id}-shipment")).to_contain_text(
         "no parcel was booked: the carrier refused the shipment")
     await expect(page.locator("body")).not_to_contain_text("Cancelled 0 of")
+    # Rows re-sent with a whole section (the compensation track) are kept: only an appended
+    # row already on the page is dropped.
+    refund_rows = page.locator(f"#saga-{order_id}-undo-charge-events > li")
+    await expect(refund_rows).to_have_count(2)  # compensating, compensated
     outcome = page.locator(f"#rollback-outcome-{order_id}")
     await expect(outcome).to_contain_text("Refunded 30.00 EUR")
     await expect(outcome).to_contain_text("Restocked 1 item")
