@@ -237,3 +237,12 @@ def test_sandbox_outage_switch_accepts_only_known_services(client_as):
     response = client.post(reverse("admin:sandbox_sandboxoutage_add"), {"service": "payments-typo", "active": "on"})
     assert response.status_code == 200 and "Unknown sandbox service" in response.content.decode()
     assert not SandboxOutage.objects.exists()
+
+
+def test_completed_order_has_no_current_step_in_the_list(client_as):
+    order = make_order(start_saga=False)
+    order_completed(order)
+    body = page(client_as("viewer"), reverse("orders:list"))
+    row = body[body.index(f'id="order-row-{order.pk}"'):]
+    row = row[:row.index("</tr>")]
+    assert "Notify customer" not in row and "<td>—</td>" in row

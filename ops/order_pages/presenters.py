@@ -14,7 +14,7 @@ from orders.selectors.preview import (
     BulkRollbackPreview, RollbackOutcome, RollbackPreview, rollback_preview,
 )
 from orders.saga.shared import STEP_LABELS
-from orders.status import OrderStatus, SagaStatus
+from orders.status import TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
 
 from .selectors import OrderActions
 
@@ -28,7 +28,9 @@ def order_row_present(order: Order) -> Order:
     page's rendering time at 50 rows (it rebuilds the choices dict on every call)."""
     order.status_label = STATUS_LABELS.get(order.status, order.status)
     order.saga_status_label = SAGA_STATUS_LABELS.get(order.saga_status, order.saga_status)
-    order.current_step_label = STEP_LABEL_BY_VALUE.get(order.current_step, order.current_step)
+    # A finished saga has no current step ("Notify customer" on a completed order misleads).
+    finished = order.saga_status in TERMINAL_SAGA_STATUSES
+    order.current_step_label = "" if finished else STEP_LABEL_BY_VALUE.get(order.current_step, order.current_step)
     return order
 
 
