@@ -19,6 +19,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from orders.models import OperatorAction, Order
+from orders.selectors.preview import BulkRollbackOutcome, bulk_rollback_outcome
 from orders.status import SagaStatus, Step
 
 from .jobs import BULK_OPERATION_RUN, job_enqueue_on_commit
@@ -211,22 +212,29 @@ class BulkProgress:
     finished: bool
     percent: int
     failed_order_ids: list[int]
+    # A bulk compensate: what the sagas it signalled have undone so far (None for a retry).
+    rollback_done: BulkRollbackOutcome | None = None
 
 
 def bulk_operation_progress(*, operation_id: int, failed_limit: int = 200) -> BulkProgress:
-    """The operation and its failed items (with their orders): two queries."""
+    """The operation and its failed items (with their orders): two queries; a compensate's
+    rollbacks so far: three more."""
     operation = BulkOperation.objects.select_related("requested_by").get(pk=operation_id)
     failed = list(
         operation.items.filter(state=Item.FAILED).select_related("order").order_by("id")[:failed_limit]
     )
     processed = operation.done + operation.failed
     percent = int(100 * processed / operation.total) if operation.total else 100
+    rollback_done = None
+    if operation.action == OperatorAction.Action.COMPENSATE:
+        rollback_done = bulk_rollback_outcome(operation.items.filter(state=Item.DONE).values("order_id"))
     return BulkProgress(
         operation=operation,
         failed_items=failed,
         finished=operation.state == BulkOperation.State.FINISHED,
         percent=percent,
         failed_order_ids=[i.order_id for i in failed],
+        rollback_done=rollback_done,
     )
 
 

@@ -137,3 +137,22 @@ def test_stuck_queue_shows_amount_holdings_and_oldest_age(client_as):
     row = row[:row.index("</tr>")]
     assert "20.00 EUR" in row and "20.00 EUR charged" in row and "2 items of stock held" in row
     assert "Refund 20.00 EUR to the customer" in row  # the per-row compensate preview
+
+
+def test_bulk_compensate_progress_says_what_the_rollbacks_did(client_as, operator_user):
+    from ops.models import BulkOperationItem
+
+    widget = make_product(price="9.00", name="Widget")
+    orders = []
+    for _ in range(2):
+        order = make_order(start_saga=False, products=[(widget, 2)])
+        order_compensated(order, failed_step="confirm", error="Warehouse down")
+        orders.append(order)
+    pending = stuck_at("charge", products=[(widget, 1)])  # not signalled yet: not counted
+    operation = BulkOperation.objects.create(action="compensate", requested_by=operator_user, total=3, done=2)
+    for order, state in ((orders[0], "done"), (orders[1], "done"), (pending, "pending")):
+        BulkOperationItem.objects.create(operation=operation, order=order, state=state)
+    body = page(client_as("operator"), reverse("background:bulk_detail", args=[operation.pk]))
+    done = body[body.index(f'id="bulk-{operation.pk}-rollback"'):]
+    assert "Refunded 36.00 EUR" in done and "released reservations of 4 items" in done
+    assert "No email was sent to the customers" in done

@@ -151,3 +151,34 @@ def oldest_stuck_since(statuses: Iterable[str]) -> datetime | None:
     return (Order.objects.filter(saga_status__in=list(statuses), stuck_since__isnull=False)
             .order_by("stuck_since").values_list("stuck_since", flat=True).first())
 
+
+
+@dataclass(frozen=True)
+class BulkRollbackOutcome:
+    """What the rollbacks of many orders have done so far, from the ledgers."""
+
+    refunded: dict[str, Decimal]  # per currency
+    restocked: int
+    released: int
+    parcels_cancelled: int
+
+    @property
+    def nothing_undone(self) -> bool:
+        return not (self.refunded or self.restocked or self.released or self.parcels_cancelled)
+
+
+def bulk_rollback_outcome(order_ids) -> BulkRollbackOutcome:
+    """`order_ids`: ids, or a queryset of them (a subquery). Three aggregate queries."""
+    refunded = dict(Payment.objects.filter(order_id__in=order_ids, kind=Payment.Kind.REFUND).order_by()
+                    .values_list("currency").annotate(total=Sum("amount")))
+    stock = dict(Reservation.objects.filter(order_id__in=order_ids,
+                                            state__in=(Reservation.State.RESTOCKED, Reservation.State.RELEASED))
+                 .order_by().values_list("state").annotate(total=Sum("quantity")))
+    parcels = (Shipment.objects.filter(order_id__in=order_ids, state=Shipment.State.CANCELLED)
+               .aggregate(total=Sum("parcels_booked"))["total"]) or 0
+    return BulkRollbackOutcome(
+        refunded=dict(sorted(refunded.items())),
+        restocked=stock.get(Reservation.State.RESTOCKED, 0),
+        released=stock.get(Reservation.State.RELEASED, 0),
+        parcels_cancelled=parcels,
+    )
