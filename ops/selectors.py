@@ -18,6 +18,7 @@ from .dates import day_start
 
 RECENT_ACTIVITY_LIMIT = 20
 RESOLVED_RECENTLY_DAYS = 7
+FOLLOWUP_SETTLE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,14 @@ def _with_last_action(followups: QuerySet[FollowUp]) -> QuerySet[FollowUp]:
         # Asked for, but the saga has not answered yet: the row offers no second click.
         last_action_pending=Case(
             When(last_action_outcome__in=[OperatorAction.Outcome.REQUESTED, OperatorAction.Outcome.SENT], then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        ),
+        # Applied in the last minute: the saga closes the follow-up just after it applies the
+        # command, so the row keeps asking until it sees the close (and the header recounts).
+        last_action_settling=Case(
+            When(last_action_outcome=OperatorAction.Outcome.APPLIED,
+                 last_action_at__gte=timezone.now() - timedelta(seconds=FOLLOWUP_SETTLE_SECONDS), then=Value(True)),
             default=Value(False),
             output_field=BooleanField(),
         ),

@@ -294,8 +294,10 @@ def populate(n: int, product, actor) -> None:
     "page, params, most",
     [
         ("ops:home", None, 10),
-        ("ops:stuck", None, 10),
-        ("ops:stuck", {"step": "charge"}, 10),
+        # The stuck queue also reads what each order of the page holds (money, stock, parcels:
+        # 4 queries per page, whatever its length) and the oldest stuck age (1).
+        ("ops:stuck", None, 12),
+        ("ops:stuck", {"step": "charge"}, 12),
         ("ops:followups", None, 10),
         ("ops:followups", {"view": "resolved"}, 10),
         ("ops:audit", None, 10),
