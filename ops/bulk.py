@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from orders.log_context import order_scope
 from orders.models import OperatorAction, Order
+from orders.selectors.preview import BulkRollbackOutcome, bulk_rollback_outcome
 from orders.status import SagaStatus, Step
 
 from .jobs import BULK_OPERATION_RUN, job_enqueue_on_commit
@@ -67,6 +68,22 @@ def bulk_operation_create(
     are not stuck are kept: they fail one by one with the reason, like any other refusal.
     Raises BulkInputInvalid or PermissionDenied; nothing is saved then.
     """
+    step = (step or "").strip()
+    ids = bulk_selection(action=action, actor=actor, order_ids=order_ids, step=step)
+    with transaction.atomic():
+        operation = BulkOperation.objects.create(
+            action=action, requested_by=actor, reason=(reason or "").strip()[:2000], step=step, total=len(ids),
+        )
+        BulkOperationItem.objects.bulk_create(
+            [BulkOperationItem(operation=operation, order_id=i) for i in ids], batch_size=500
+        )
+        job_enqueue_on_commit(BULK_OPERATION_RUN, operation.pk)
+    return operation
+
+
+def bulk_selection(*, action: str, actor, order_ids=None, step: str | None = None) -> list[int]:
+    """The order ids a bulk action would act on (bulk_operation_create's checks, nothing
+    saved): what its confirmation previews. Raises BulkInputInvalid or PermissionDenied."""
     if action not in BULK_ACTIONS:
         raise BulkInputInvalid("Choose an action: retry or compensate.")
     if actor is None or not actor.has_perm(OPERATE_SAGAS):
@@ -94,16 +111,7 @@ def bulk_operation_create(
     if missing:
         shown = ", ".join(f"#{i}" for i in missing[:10])
         raise BulkInputInvalid(f"No such order: {shown}{' and more' if len(missing) > 10 else ''}.")
-
-    with transaction.atomic():
-        operation = BulkOperation.objects.create(
-            action=action, requested_by=actor, reason=(reason or "").strip()[:2000], step=step, total=len(ids),
-        )
-        BulkOperationItem.objects.bulk_create(
-            [BulkOperationItem(operation=operation, order_id=i) for i in ids], batch_size=500
-        )
-        job_enqueue_on_commit(BULK_OPERATION_RUN, operation.pk)
-    return operation
+    return ids
 
 
 def _item_finish(operation: BulkOperation, item_id: int, *, state: str, detail: str, action_id: int | None) -> None:
@@ -207,22 +215,29 @@ class BulkProgress:
     finished: bool
     percent: int
     failed_order_ids: list[int]
+    # A bulk compensate: what the sagas it signalled have undone so far (None for a retry).
+    rollback_done: BulkRollbackOutcome | None = None
 
 
 def bulk_operation_progress(*, operation_id: int, failed_limit: int = 200) -> BulkProgress:
-    """The operation and its failed items (with their orders): two queries."""
+    """The operation and its failed items (with their orders): two queries; a compensate's
+    rollbacks so far: three more."""
     operation = BulkOperation.objects.select_related("requested_by").get(pk=operation_id)
     failed = list(
         operation.items.filter(state=Item.FAILED).select_related("order").order_by("id")[:failed_limit]
     )
     processed = operation.done + operation.failed
     percent = int(100 * processed / operation.total) if operation.total else 100
+    rollback_done = None
+    if operation.action == OperatorAction.Action.COMPENSATE:
+        rollback_done = bulk_rollback_outcome(operation.items.filter(state=Item.DONE).values("order_id"))
     return BulkProgress(
         operation=operation,
         failed_items=failed,
         finished=operation.state == BulkOperation.State.FINISHED,
         percent=percent,
         failed_order_ids=[i.order_id for i in failed],
+        rollback_done=rollback_done,
     )
 
 

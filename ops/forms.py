@@ -5,6 +5,7 @@ from django import forms
 from orders.models import OperatorAction
 from orders.status import Step
 
+from .dates import shop_date_field
 from .followups import NOTE_MAX_LENGTH
 from .order_pages.forms import DateRangeCheck
 from .selectors import FOLLOWUP_OPEN, FOLLOWUP_VIEWS, AuditFilters
@@ -34,8 +35,8 @@ class AuditFilterForm(DateRangeCheck, forms.Form):
     outcome = forms.ChoiceField(choices=[("", "Any outcome"), *OperatorAction.Outcome.choices], required=False)
     actor = forms.CharField(label="Staff username", max_length=150, required=False)
     order = forms.CharField(label="Order number", max_length=20, required=False)
-    date_from = forms.DateField(label="From (date)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(label="To (date)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = shop_date_field("From (date)")
+    date_to = shop_date_field("To (date)")
 
 
     def filters(self) -> AuditFilters:

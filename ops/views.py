@@ -22,6 +22,7 @@ from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, fo
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
 from .http import safe_next
 from .keyset import COUNT_CAP, PageRequest, keyset_page
+from .order_pages.presenters import rollback_lines
 from .permissions import OPERATE_SAGAS, VIEW_AUDIT_LOG, WORK_FOLLOWUPS, staff_required
 
 
@@ -47,7 +48,10 @@ def stuck(request: HttpRequest) -> HttpResponse:
     form = StuckFilterForm(request.GET or None)
     step = form.cleaned_data["step"] if form.is_bound and form.is_valid() else ""
     page = _page(request, selectors.stuck_orders(step=step))
+    for order in selectors.stuck_holdings_attach(page.object_list):
+        order.rollback_lines = rollback_lines(order.rollback) if order.rollback else []
     return render(request, "ops/stuck.html", {
+        "oldest_stuck_since": selectors.stuck_oldest_since(),
         "form": form,
         "step": step,
         "step_label": dict(Step.choices).get(step, ""),
@@ -78,13 +82,17 @@ def _followup_row(request: HttpRequest, followup_id: int, *, error: str = "", no
         followup = selectors.followup_get(followup_id)
     except FollowUp.DoesNotExist:
         raise Http404("No such follow-up.") from None
-    return render(request, "ops/partials/followup.html", {
+    response = render(request, "ops/partials/followup.html", {
         "followup": followup,
         "can_work": request.user.has_perm(WORK_FOLLOWUPS),
         "note_form": note_form or FollowUpNoteForm(),
         "row_error": error,
         "next_url": reverse("ops:followups"),
     }, status=status)
+    if followup.state != FollowUp.State.OPEN:
+        # The queue's header counts open follow-ups: it re-reads itself on this event.
+        response["HX-Trigger"] = "followup-closed"
+    return response
 
 
 @require_GET

@@ -12,12 +12,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from orders.selectors.preview import bulk_rollback_preview
 from orders.status import Step
 
 from . import bulk, reconciliation, tasks
 from .http import safe_next
 from .stalls import selectors as sweeper
 from .models import BulkOperation, ReconciliationRun
+from .order_pages.presenters import ROLLBACK_ACTIONS, bulk_rollback_lines
 from .permissions import OPERATE_SAGAS, staff_required
 
 FLAGS_PAGE_LIMIT = 500
@@ -62,7 +64,11 @@ def bulk_operations(request: HttpRequest) -> HttpResponse:
 def _bulk_create(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm(OPERATE_SAGAS):
         raise PermissionDenied("You are not allowed to retry or compensate sagas.")
+    action = request.POST.get("action", "")
     try:
+        if action in ROLLBACK_ACTIONS and request.POST.get("confirmed") != "yes":
+            # A rollback cannot be taken back: first what it would do, from the ledgers now.
+            return _bulk_confirm(request, action)
         operation = bulk.bulk_operation_create(
             action=request.POST.get("action", ""),
             actor=request.user,
@@ -82,6 +88,20 @@ def _bulk_create(request: HttpRequest) -> HttpResponse:
         response["HX-Push-Url"] = url
         return response
     return redirect(url)
+
+
+def _bulk_confirm(request: HttpRequest, action: str) -> HttpResponse:
+    order_ids = request.POST.getlist("order_ids")
+    step = request.POST.get("step", "").strip()
+    ids = bulk.bulk_selection(action=action, actor=request.user, order_ids=order_ids, step=step)
+    context = {
+        "action": action, "reason": request.POST.get("reason", ""), "step": step,
+        # The selection as sent (a step stays a step: the orders stuck there when it runs).
+        "order_ids": [] if step else ids, "count": len(ids),
+        "preview_lines": bulk_rollback_lines(bulk_rollback_preview(ids)),
+        "next": safe_next(request, reverse("ops:stuck"), or_referer=True),
+    }
+    return render(request, "ops/background/bulk_confirm.html", context)
 
 
 @require_GET

@@ -115,6 +115,10 @@ class OrderLine(models.Model):
             models.UniqueConstraint(fields=["order", "product"], name="orderline_one_per_product"),
         ]
 
+    def __str__(self) -> str:
+        # The admin's inline rows are titled by this: "2 × Widget", not "OrderLine object (10)".
+        return f"{self.quantity} × {self.product.name}"
+
     @property
     def line_total(self) -> Decimal:
         return self.unit_price * self.quantity

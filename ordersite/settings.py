@@ -6,6 +6,7 @@ Redis started by the run command, and a Temporal dev server on localhost:7233.
 
 import logging
 import os
+import zoneinfo
 from decimal import Decimal
 from pathlib import Path
 
@@ -276,7 +277,7 @@ CIRCUIT_BREAKER_KEY_PREFIX = os.environ.get("CIRCUIT_BREAKER_KEY_PREFIX", "order
 SHOP_CURRENCY = os.environ.get("SHOP_CURRENCY", "EUR")
 MAX_ORDER_TOTAL = Decimal(os.environ.get("MAX_ORDER_TOTAL", "10000.00"))
 MAX_LINE_QUANTITY = int(os.environ.get("MAX_LINE_QUANTITY", "100"))
-PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://localhost:8000")
+# PUBLIC_BASE_URL: with the shop's time zone, near the end (it defaults to PORT).
 
 # External systems, as dotted paths. The sandbox's are the defaults only while it is
 # installed; production names its real adapters (orders.adapters.email.EmailNotifier is one).
@@ -330,7 +331,6 @@ DELIVERY_GIVE_UP_DAYS = env_float("DELIVERY_GIVE_UP_DAYS", 30)
 # The sandbox carrier reports in transit, out for delivery and delivered by itself, over
 # the signed webhook, this long after booking (0: never); CARRIER_WEBHOOK_URL is where it posts.
 SANDBOX_CARRIER_DELIVERY_SECONDS = env_float("SANDBOX_CARRIER_DELIVERY_SECONDS", 30 if DEBUG else 0)
-CARRIER_WEBHOOK_URL = os.environ.get("CARRIER_WEBHOOK_URL", f"{PUBLIC_BASE_URL.rstrip('/')}/webhooks/carrier/")
 if SANDBOX_ENABLED and SANDBOX_CARRIER_DELIVERY_SECONDS:
     CELERY_BEAT_SCHEDULE["sandbox-carrier-report"] = {
         "task": "sandbox.carrier_report",
@@ -360,6 +360,34 @@ EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(VAR_DIR / "sent_emails"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "shop@example.com")
+
+# --- the shop's time zone, date format and public address (issue 11, page fixes) -------------
+# Times on the pages are shown in the shop's zone (Django's TIME_ZONE; stored in UTC), dates
+# are typed the shop's way (ISO yyyy-mm-dd is always accepted too), and links in emails
+# point at the port the app really runs on.
+SHOP_TIME_ZONE = os.environ.get("SHOP_TIME_ZONE", "Europe/Berlin")
+try:
+    zoneinfo.ZoneInfo(SHOP_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"SHOP_TIME_ZONE={SHOP_TIME_ZONE!r} is not a time zone: use an IANA name such as Europe/Berlin or UTC."
+    ) from None
+TIME_ZONE = SHOP_TIME_ZONE
+# Celery's schedules (RECONCILIATION_HOUR_UTC) stay in UTC whatever the shop's zone.
+CELERY_TIMEZONE = "UTC"
+SHOP_DATE_INPUT_FORMATS = {"dd.mm.yyyy": "%d.%m.%Y", "yyyy-mm-dd": "%Y-%m-%d"}
+SHOP_DATE_INPUT_FORMAT = os.environ.get("SHOP_DATE_INPUT_FORMAT", "dd.mm.yyyy")
+if SHOP_DATE_INPUT_FORMAT not in SHOP_DATE_INPUT_FORMATS:
+    raise ImproperlyConfigured(
+        f"SHOP_DATE_INPUT_FORMAT={SHOP_DATE_INPUT_FORMAT!r}: use one of {', '.join(SHOP_DATE_INPUT_FORMATS)}."
+    )
+try:
+    PORT = int(os.environ.get("PORT", "8000"))
+except ValueError:
+    raise ImproperlyConfigured(f"PORT={os.environ['PORT']!r} is not a port number.") from None
+PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", f"http://localhost:{PORT}")
+# Where the sandbox carrier posts its reports (the delivery settings above).
+CARRIER_WEBHOOK_URL = os.environ.get("CARRIER_WEBHOOK_URL", f"{PUBLIC_BASE_URL.rstrip('/')}/webhooks/carrier/")
 
 # --- metrics and health checks (orders/metrics.py, ops/metrics.py, README "Metrics") -------
 # Off: no request metrics, no metrics ports, no Temporal SDK metrics, every recording

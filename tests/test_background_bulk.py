@@ -165,7 +165,8 @@ def test_htmx_bulk_request_returns_the_progress_partial(client_as, django_captur
     orders = order_rows_create(2, saga_status=SagaStatus.STUCK, status=OrderStatus.PROCESSING)
     with django_capture_on_commit_callbacks(execute=True):
         response = client_as("operator").post(
-            BULK_URL, {"action": "compensate", "order_ids": [str(o.pk) for o in orders]}, HTTP_HX_REQUEST="true")
+            BULK_URL, {"action": "compensate", "confirmed": "yes", "order_ids": [str(o.pk) for o in orders]},
+            HTTP_HX_REQUEST="true")
     operation = BulkOperation.objects.get()
     assert queued == [(jobs.BULK_OPERATION_RUN, operation.pk)]  # the task is queued after commit
     assert response["HX-Push-Url"] == reverse("background:bulk_detail", args=[operation.pk])

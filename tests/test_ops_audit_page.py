@@ -60,7 +60,7 @@ def test_audit_log_reports_bad_filters_and_ignores_them(client_as, staff_user):
     audit_row(stuck_order(), staff_user("operator"))
     client = client_as("viewer")
     body = client.get(reverse("ops:audit"), {"date_from": "yesterday", "action": "explode"}).content.decode()
-    assert "Enter a valid date." in body
+    assert "Enter a date as dd.mm.yyyy." in body
     assert "Select a valid choice. explode is not one of the available choices." in body
     assert len(re.findall(r'<tr id="audit-', body)) == 1  # the bad filters narrow nothing
 

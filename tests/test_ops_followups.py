@@ -254,8 +254,12 @@ def test_row_endpoint_needs_a_staff_login(client):
     assert client.get(reverse("ops:followup_row", args=[followup.pk])).status_code == 302
 
 
-@pytest.mark.parametrize("outcome, waiting", [("sent", True), ("requested", True), ("applied", False), ("ignored", False)])
-def test_row_waits_for_the_saga_after_a_resend_or_resolve(client_as, staff_user, outcome, waiting):
+@pytest.mark.parametrize("outcome, waiting, polling", [
+    ("sent", True, True), ("requested", True, True),
+    # Applied: the saga closes the follow-up right after, so the row asks a while longer.
+    ("applied", False, True), ("ignored", False, False),
+])
+def test_row_waits_for_the_saga_after_a_resend_or_resolve(client_as, staff_user, outcome, waiting, polling):
     from .test_ops_data import audit_row
 
     followup = followup_order()
@@ -264,7 +268,23 @@ def test_row_waits_for_the_saga_after_a_resend_or_resolve(client_as, staff_user,
     assert ("waiting for the saga" in html) is waiting
     # While the saga has not answered: no second click, and the row asks again every second.
     assert ("Mark resolved</button>" in html) is not waiting
-    assert ("every 1s" in html) is waiting
+    assert ("every 1s" in html) is polling
+
+
+def test_row_stops_asking_a_minute_after_an_applied_command(client_as, staff_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orders.models import OperatorAction
+
+    from .test_ops_data import audit_row
+
+    followup = followup_order()
+    audit_row(followup.order, staff_user("support"), action="resend", outcome="applied")
+    OperatorAction.objects.filter(order=followup.order).update(created_at=timezone.now() - timedelta(minutes=2))
+    html = client_as("support").get(reverse("ops:followup_row", args=[followup.pk])).content.decode()
+    assert "every 1s" not in html
 
 
 def test_a_claimed_followup_is_resent_or_resolved_by_its_holder_only(staff_user):

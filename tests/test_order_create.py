@@ -123,7 +123,7 @@ def test_live_validation_reports_and_clears_each_field(client_as):
 
     assert "Enter a valid email address." in slot("customer_email")
     assert slot("customer_name") == ""  # untouched fields are not shouted at while typing
-    assert "Only 3 in stock" in html  # a warning, not an error: the saga decides
+    assert "only 3 in stock: lower the quantity to 3 or less." in slot("line-0-quantity")  # refused, not warned
     assert "70.00 EUR" in html
     html = client.post(url, {"customer_email": "ok@example.com", "line-0-product": str(product.pk),
                              "line-0-quantity": "x"}, HTTP_HX_REQUEST="true").content.decode()
@@ -156,3 +156,23 @@ def test_form_shows_service_rejections_on_their_fields():
     assert form.errors["customer_email"] == ["Enter a valid email address."]
     assert form.errors["fault_preset"] == ["bad plan"]
     assert form.non_field_errors() == ["Some products are not for sale: 7"]
+
+
+def test_more_than_in_stock_is_refused_and_nothing_is_created(client_as):
+    lamp = make_product(price="89.00", stock=3, name="Lamp")
+    empty = make_product(price="5.00", stock=0, name="Mug")
+    client = client_as("operator")
+    data = {"customer_name": "Grace", "customer_email": "grace@example.com",
+            "line-0-product": str(lamp.pk), "line-0-quantity": "4"}
+    response = client.post(reverse("orders:create"), data)
+    html = response.content.decode()
+    assert response.status_code == 400 and not Order.objects.exists()
+    assert "Lamp is only 3 in stock: lower the quantity to 3 or less." in html
+    response = client.post(reverse("orders:create"), {**data, "line-0-quantity": "1",
+                                                       "line-1-product": str(empty.pk), "line-1-quantity": "1"})
+    assert response.status_code == 400 and "Mug is out of stock: remove this line." in response.content.decode()
+    # Two rows of one product add up.
+    response = client.post(reverse("orders:create"), {**data, "line-0-quantity": "2",
+                                                       "line-1-product": str(lamp.pk), "line-1-quantity": "2"})
+    assert "Lamp is on several lines, 4 in all: only 3 in stock." in response.content.decode()
+    assert not Order.objects.exists()

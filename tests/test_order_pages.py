@@ -152,7 +152,7 @@ def test_buttons_carry_a_confirmation_that_says_what_happens(client_as):
     order = stuck_order()
     html = client_as("operator").get(reverse("orders:detail", args=[order.pk])).content.decode()
     assert f'hx-confirm="Retry the charge payment step of {order.number}? The saga runs the failed step again."' in html
-    assert "every completed step is undone" in html.lower()
+    assert "roll back? the order ends as failed." in html.lower()
     assert 'name="reason"' in html
 
 
@@ -197,7 +197,7 @@ def test_list_bad_filters_are_reported_not_500(client_as):
     response = client.get(reverse("orders:list") + "?date_from=yesterday&status=bogus&page=abc&sort=nope")
     assert response.status_code == 200
     html = response.content.decode()
-    assert "Some filters were not applied" in html and "Enter a valid date." in html
+    assert "Some filters were not applied" in html and "Enter a date as dd.mm.yyyy." in html
     response = client.get(reverse("orders:list") + "?date_from=2030-01-02&date_to=2030-01-01")
     assert "The end date is before the start date." in response.content.decode()
 

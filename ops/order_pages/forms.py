@@ -17,6 +17,7 @@ from orders.models import Product
 from orders.services.ordering import LineRequest
 from orders.status import OrderStatus, SagaStatus, Step
 
+from ..dates import shop_date_field
 from .selectors import DEFAULT_SORT, LIST_SORTS, OrderListFilters
 
 SORT_LABELS = {
@@ -51,8 +52,8 @@ class OrderFilterForm(DateRangeCheck, forms.Form):
     step = forms.ChoiceField(required=False, choices=[("", "Any step"), *Step.choices], label="Current step")
     stuck = forms.BooleanField(required=False, label="Stuck")
     needs_followup = forms.BooleanField(required=False, label="Needs follow-up")
-    date_from = forms.DateField(required=False, label="Created from", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="Created to", widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = shop_date_field("Created from")
+    date_to = shop_date_field("Created to")
     sort = forms.ChoiceField(required=False, choices=[(k, SORT_LABELS[k]) for k in LIST_SORTS], label="Sort by")
 
 
@@ -189,6 +190,7 @@ class OrderCreateForm(forms.Form):
             if quantity > settings.MAX_LINE_QUANTITY:
                 name = self.products[product_id].name
                 self.add_error(None, f"{name} is on several lines: at most {settings.MAX_LINE_QUANTITY} in total.")
+        self._check_stock(quantities)
         total = self._total(quantities)
         if total > settings.MAX_ORDER_TOTAL:
             self.add_error(None, f"The order total {total} {settings.SHOP_CURRENCY} is over the limit of "
@@ -216,6 +218,23 @@ class OrderCreateForm(forms.Form):
                 if field == "ship_name" and not cleaned.get("customer_name"):
                     continue
                 self.add_error(field, message)
+
+    def _check_stock(self, quantities: dict[int, int]) -> None:
+        """More than is on the shelf now is refused here, not left to fail at reserve. Stock
+        can still change before the saga reserves; its reserve step stays the truth."""
+        for product_id, quantity in quantities.items():
+            product = self.products[product_id]
+            if quantity <= product.on_hand:
+                continue
+            have = f"only {product.on_hand} in stock" if product.on_hand else "out of stock"
+            message = f"{product.name} is {have}: lower the quantity to {product.on_hand} or less."
+            if not product.on_hand:
+                message = f"{product.name} is out of stock: remove this line."
+            rows = [i for i in self.indices if self.cleaned_data.get(f"line-{i}-product") == product_id]
+            if len(rows) == 1:
+                self.add_error(f"line-{rows[0]}-quantity", message)
+            else:
+                self.add_error(None, f"{product.name} is on several lines, {quantity} in all: {have}.")
 
     def _total(self, quantities: dict[int, int]) -> Decimal:
         return sum((self.products[pid].price * qty for pid, qty in quantities.items()), Decimal(0))
@@ -268,8 +287,7 @@ class OrderCreateForm(forms.Form):
         if product is None:
             return ""
         if quantity and quantity > product.on_hand:
-            return (f"Only {product.on_hand} in stock: the saga will not be able to reserve this line "
-                    f"and the order will be rolled back.")
+            return f"Only {product.on_hand} in stock."
         return f"{product.price} {settings.SHOP_CURRENCY} each, {product.on_hand} in stock."
 
     max_lines = MAX_LINES

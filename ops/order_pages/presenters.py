@@ -7,9 +7,14 @@ from dataclasses import dataclass
 
 from django.utils.functional import cached_property
 
+from django.template.defaultfilters import pluralize
+
 from orders.models import OperatorAction, Order
+from orders.selectors.preview import (
+    BulkRollbackPreview, RollbackOutcome, RollbackPreview, rollback_preview,
+)
 from orders.saga.shared import STEP_LABELS
-from orders.status import OrderStatus, SagaStatus
+from orders.status import TERMINAL_SAGA_STATUSES, OrderStatus, SagaStatus
 
 from .selectors import OrderActions
 
@@ -23,7 +28,9 @@ def order_row_present(order: Order) -> Order:
     page's rendering time at 50 rows (it rebuilds the choices dict on every call)."""
     order.status_label = STATUS_LABELS.get(order.status, order.status)
     order.saga_status_label = SAGA_STATUS_LABELS.get(order.saga_status, order.saga_status)
-    order.current_step_label = STEP_LABEL_BY_VALUE.get(order.current_step, order.current_step)
+    # A finished saga has no current step ("Notify customer" on a completed order misleads).
+    finished = order.saga_status in TERMINAL_SAGA_STATUSES
+    order.current_step_label = "" if finished else STEP_LABEL_BY_VALUE.get(order.current_step, order.current_step)
     return order
 
 
@@ -33,11 +40,12 @@ ACTION_COPY = {
     # action: (button label, what happens, confirmation question)
     "retry": ("Retry step", "runs the failed step again",
               "Retry the {step} step of {number}? The saga runs the failed step again."),
-    "compensate": ("Compensate", "rolls back every completed step and ends the order as failed",
-                   ("Compensate {number}? Every completed step is undone (refund, restock, release) "
-                    "and the order ends as failed.")),
-    "cancel": ("Cancel order", "stops the saga and undoes what it did",
-               "Cancel {number}? The saga stops and undoes every completed step; the customer is not charged."),
+    # Compensate and cancel both roll back; they differ in why and in how the order ends,
+    # so they look and read differently (a rollback preview follows each question).
+    "compensate": ("Compensate (roll back)", "gives up on the stuck step: undoes what was done, the order ends as failed",
+                   "Give up on the {step} step of {number} and roll back? The order ends as failed."),
+    "cancel": ("Cancel order", "calls the order off for the customer: undoes what was done, the order ends as cancelled",
+               "Cancel {number}? The saga stops and the order ends as cancelled."),
     "resend": ("Resend notification", "tries to notify the customer again",
                "Resend the notification for {number} to {email}?"),
     "resolved": ("Mark follow-up resolved", "closes the follow-up: staff reached the customer another way",
@@ -52,7 +60,57 @@ ACTION_COPY = {
     "lost_reship": ("Report lost: re-ship", "ends tracking; opens a re-ship follow-up",
                     "Report the parcel of {number} lost and owe the customer a new parcel?"),
 }
-DANGEROUS_ACTIONS = frozenset({"compensate", "cancel", "lost_refund", "lost_reship"})
+# The look of each irreversible action's button: cancel is the red one.
+BUTTON_STYLE = {"compensate": "warning", "cancel": "danger", "lost_refund": "warning", "lost_reship": "warning"}
+ROLLBACK_ACTIONS = frozenset({"compensate", "cancel"})
+
+
+def rollback_lines(preview: RollbackPreview) -> list[str]:
+    """What a rollback would do now, a line each, from the ledgers (orders.selectors.preview)."""
+    lines = []
+    if preview.charged:
+        lines.append(f"Refund {preview.refund} {preview.currency} to the customer (they were charged)")
+    else:
+        lines.append("Nothing to refund: the customer has not been charged")
+    if preview.restock:
+        lines.append(f"Restock {preview.items_to_restock} item{pluralize(preview.items_to_restock)}: "
+                     + ", ".join(f"{line.quantity} × {line.product}" for line in preview.restock))
+    if preview.release:
+        lines.append(f"Release the reservation of {preview.items_to_release} item{pluralize(preview.items_to_release)}: "
+                     + ", ".join(f"{line.quantity} × {line.product}" for line in preview.release))
+    if not preview.restock and not preview.release:
+        lines.append("No stock to give back: none is held")
+    if preview.parcels_to_cancel:
+        lines.append(f"Cancel {preview.parcels_to_cancel} booked parcel{pluralize(preview.parcels_to_cancel)} with the carrier")
+    lines.append("No email to the customer: the saga sends none when it rolls back")
+    return lines
+
+
+def rollback_outcome_lines(outcome: RollbackOutcome) -> list[str]:
+    """What a finished rollback did, a line each."""
+    if outcome.nothing_undone:
+        return ["Nothing had to be undone: no money, stock or parcel was held", "No email was sent to the customer"]
+    lines = []
+    lines.append(f"Refunded {outcome.refunded} {outcome.currency}" if outcome.refunded else "Nothing refunded")
+    if outcome.restocked:
+        lines.append(f"Restocked {outcome.restocked} item{pluralize(outcome.restocked)}")
+    if outcome.released:
+        lines.append(f"Released the reservation of {outcome.released} item{pluralize(outcome.released)}")
+    if outcome.parcels_cancelled:
+        lines.append(f"Cancelled {outcome.parcels_cancelled} parcel{pluralize(outcome.parcels_cancelled)}")
+    lines.append("No email was sent to the customer")
+    return lines
+
+
+def bulk_rollback_lines(preview: BulkRollbackPreview) -> list[str]:
+    refunds = " + ".join(f"{amount} {currency}" for currency, amount in preview.refunds.items())
+    lines = [f"Refund {refunds} to {preview.charged_orders} customer{pluralize(preview.charged_orders)}" if refunds
+             else "Nothing to refund: none of these customers has been charged"]
+    lines.append(f"Restock {preview.items_to_restock} item{pluralize(preview.items_to_restock)}")
+    lines.append(f"Release reservations of {preview.items_to_release} item{pluralize(preview.items_to_release)}")
+    lines.append(f"Cancel {preview.parcels_to_cancel} booked parcel{pluralize(preview.parcels_to_cancel)}")
+    lines.append("No email to the customers: the saga sends none when it rolls back")
+    return lines
 
 
 @dataclass
@@ -61,7 +119,7 @@ class ActionOption:
     label: str
     explanation: str
     confirm: str
-    danger: bool
+    style: str  # the button's class: primary, warning (compensate) or danger (cancel)
 
 
 @dataclass
@@ -79,16 +137,29 @@ class ActionButtons:
         return self.fitting.may_act
 
     @cached_property
+    def rollback(self) -> RollbackPreview | None:
+        """What compensate or cancel would undo now, when one of them is offered."""
+        if not ROLLBACK_ACTIONS.intersection(self.fitting.actions):
+            return None
+        return rollback_preview(self.order.pk)
+
+    @cached_property
+    def rollback_lines(self) -> list[str]:
+        return rollback_lines(self.rollback) if self.rollback else []
+
+    @cached_property
     def options(self) -> list[ActionOption]:
         order = self.order
         step_label = STEP_LABEL_BY_VALUE.get(order.current_step, order.current_step or "current")
         options = []
         for action in self.fitting.actions:
             label, explanation, confirm = ACTION_COPY[action]
+            confirm = confirm.format(step=step_label.lower(), number=order.number, email=order.customer_email)
+            if action in ROLLBACK_ACTIONS and self.rollback_lines:
+                confirm += "\n\nThis will, as of now:\n" + "\n".join(f"• {line}" for line in self.rollback_lines)
             options.append(ActionOption(
-                action=action, label=label, explanation=explanation,
-                confirm=confirm.format(step=step_label.lower(), number=order.number, email=order.customer_email),
-                danger=action in DANGEROUS_ACTIONS,
+                action=action, label=label, explanation=explanation, confirm=confirm,
+                style=BUTTON_STYLE.get(action, "primary"),
             ))
         return options
 
@@ -97,8 +168,10 @@ class ActionButtons:
 
 SUCCESS_MESSAGES = {
     "retry": "Retry sent to the saga of {number}: the failed step runs again.",
-    "compensate": "Compensation sent to the saga of {number}: completed steps are being undone.",
-    "cancel": "Cancellation sent to the saga of {number}: it stops and undoes what it did.",
+    "compensate": ("Compensation sent to the saga of {number}: completed steps are being undone; "
+                   "what was undone shows under the timeline when it ends."),
+    "cancel": ("Cancellation sent to the saga of {number}: it stops and undoes what it did; "
+               "what was undone shows under the timeline when it ends."),
     "resend": "Resend sent to the saga of {number}: the customer is being notified again.",
     "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
     "retry_compensation": "Retry sent to the saga of {number}: the compensation that failed runs again.",

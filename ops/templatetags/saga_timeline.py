@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from orders.models import SagaEvent
 from orders.saga.shared import STEP_LABELS, StepName
+from orders.status import STUCK_SAGA_STATUSES, SagaStatus
 
 register = template.Library()
 
@@ -30,8 +31,11 @@ STATE_LABELS = {
     "followup": ("needs follow-up", "warn"),
     "resolved": ("resolved by staff", "ok"),
     "skipped": ("not run", ""),
+    "refused": ("refused by the carrier", "bad"),
+    "nothing_to_undo": ("nothing to undo", ""),
 }
 EVENT_KIND_LABELS = dict(SagaEvent.Kind.choices)
+WAITING_SAGA_STATUSES = STUCK_SAGA_STATUSES | {SagaStatus.NEEDS_FOLLOWUP.value}
 
 
 @register.filter
@@ -62,3 +66,20 @@ def clock(moment) -> str:
     """Local time to the millisecond. A plain strftime: the date filter costs more than the
     rest of an event's row."""
     return timezone.localtime(moment).strftime("%H:%M:%S.%f")[:12]
+
+
+@register.simple_tag
+def saga_status_label(order, timeline=None) -> str:
+    """The saga's status in words; "compensated" only when a compensation undid something."""
+    label = order.get_saga_status_display()
+    # Without a timeline (a page that does not load one) the status reads as stored.
+    if order.saga_status == "compensated" and not getattr(timeline, "undid_something", True):
+        return "failed, nothing to undo"
+    return label
+
+
+@register.filter
+def saga_waiting(order) -> bool:
+    """Whether the saga waits for staff (an operator's retry or compensate, or a follow-up):
+    only then is its last error news."""
+    return order.saga_status in WAITING_SAGA_STATUSES

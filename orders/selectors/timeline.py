@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from ..models import Order, SagaEvent
 from ..saga.shared import StepName
-from ..status import TERMINAL_SAGA_STATUSES
+from ..status import STUCK_SAGA_STATUSES, TERMINAL_SAGA_STATUSES
 
 Kind = SagaEvent.Kind
 
@@ -47,11 +47,17 @@ class StepTrack:
     finished_at: datetime | None = None
     last_error: str = ""
     events: list[TimelineEvent] = field(default_factory=list)
+    # Time spent stuck, waiting for an operator: not the step's own running time.
+    waited: timedelta = timedelta(0)
+    stuck_at: datetime | None = None
+    # Attempts made before an operator's retry, when the new run counts its own from 1
+    # (sagas started before attempts were numbered across runs).
+    attempt_base: int = 0
 
     @property
     def duration(self) -> timedelta | None:
         if self.started_at and self.finished_at:
-            return self.finished_at - self.started_at
+            return self.finished_at - self.started_at - self.waited
         return None
 
     @property
@@ -70,6 +76,16 @@ class SagaTimeline:
     saga_events: list[TimelineEvent]
     event_count: int
     last_event_id: int | None
+
+    @property
+    def undid_something(self) -> bool:
+        """Whether a compensation undid an effect (a refund, a restock, a release...)."""
+        return any(track.state == "compensated" for track in self.compensations)
+
+    @property
+    def shipment_refused(self) -> bool:
+        track = self.step_track(StepName.SHIP.value)
+        return track is not None and track.state == "refused"
 
     @property
     def terminal(self) -> bool:
@@ -125,12 +141,26 @@ def saga_timeline_build(order: Order, events: list[SagaEvent]) -> SagaTimeline:
             _advance(steps[event.step], event, item)
 
     for step, undo in compensations.items():
-        steps[step].state = "compensated" if undo.state == "succeeded" else "compensating"
+        forward = steps[step]
+        if forward.state == "failed":
+            # The saga also undoes the step that failed, in case it partly acted; the step
+            # itself still failed (a refused shipment is not "undone").
+            if _refused_by_carrier(forward):
+                forward.state = "refused"
+            continue
+        forward.state = "compensated" if undo.state == "succeeded" else "compensating"
     for track in compensations.values():
         if track.state == "succeeded":
-            track.state = "compensated"
+            # "Nothing was charged/booked...": the undo found nothing to undo.
+            done = next((e for e in reversed(track.events) if e.kind == Kind.COMPENSATED), None)
+            track.state = "nothing_to_undo" if done and done.detail.startswith("Nothing was") else "compensated"
         elif track.state == "running":
             track.state = "compensating"
+    if order.saga_status not in STUCK_SAGA_STATUSES:
+        # Nobody is waiting any more (an operator compensated or cancelled): the step failed.
+        for track in (*steps.values(), *compensations.values()):
+            if track.state == "stuck":
+                track.state = "failed"
     if order.saga_status in TERMINAL_SAGA_STATUSES:
         # Steps the saga never reached are "not run", not "not started yet".
         for track in steps.values():
@@ -146,24 +176,38 @@ def saga_timeline_build(order: Order, events: list[SagaEvent]) -> SagaTimeline:
     )
 
 
+def _refused_by_carrier(track: StepTrack) -> bool:
+    # The carrier's refusal is final (ShippingRejected is not retried): its words say so.
+    return track.step == StepName.SHIP.value and "refused" in track.last_error.lower()
+
+
 def _advance(track: StepTrack, event: SagaEvent, item: TimelineEvent) -> None:
     track.events.append(item)
     kind = event.kind
+    if kind in (Kind.STARTED, Kind.RETRYING, Kind.COMPENSATING) and track.stuck_at is not None:
+        # An operator's retry: the wait for them is not part of the step's duration, and
+        # the attempts go on from those already made.
+        track.waited += event.created_at - track.stuck_at
+        track.stuck_at = None
+        if track.attempt_base + event.attempt <= track.attempts:
+            track.attempt_base = track.attempts
+    attempt = track.attempt_base + event.attempt
     if kind in (Kind.STARTED, Kind.RETRYING, Kind.COMPENSATING):
-        track.state = "retrying" if event.attempt > 1 else "running"
-        track.attempts = max(track.attempts, event.attempt)
+        track.state = "retrying" if attempt > 1 else "running"
+        track.attempts = max(track.attempts, attempt)
         track.started_at = track.started_at or event.created_at
         track.finished_at = None
     elif kind == Kind.FAILED:
         track.state = "failed"
-        track.attempts = max(track.attempts, event.attempt)
+        track.attempts = max(track.attempts, attempt)
         track.last_error = event.detail
     elif kind == Kind.STUCK:
         track.state = "stuck"
         track.last_error = event.detail
+        track.stuck_at = track.stuck_at or event.created_at
     elif kind in (Kind.SUCCEEDED, Kind.COMPENSATED):
         track.state = "succeeded"
-        track.attempts = max(track.attempts, event.attempt)
+        track.attempts = max(track.attempts, attempt)
         track.started_at = track.started_at or event.created_at
         track.finished_at = event.created_at
     elif kind == Kind.FOLLOWUP:

@@ -101,7 +101,8 @@ def shipment_cancel(*, order_id: int, attempt: int, shipment_key: str = "") -> s
         order = lock_order(order_id)
         Shipment.objects.filter(pk=shipment.pk).update(
             state=Shipment.State.CANCELLED, parcels_booked=booked, updated_at=timezone.now())
-        detail = f"Cancelled shipment ({booked} parcel(s) booked)"
+        detail = (f"Cancelled shipment ({booked} parcel(s) booked)" if booked
+                  else "Nothing was booked (the carrier booked no parcel); nothing to cancel")
         saga_event_record(order, kind=SagaEvent.Kind.COMPENSATED, step="ship", detail=detail, attempt=attempt)
     return detail
 

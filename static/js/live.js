@@ -31,3 +31,30 @@
     render();
   });
 })();
+
+// Timeline rows never twice: a saga event can reach the page both in the connect snapshot
+// and as its own socket frame (the snapshot is read while the event is being broadcast).
+// Rows carry the SagaEvent's id; an appended row (data-append-once) whose id is already on
+// the page is dropped. Rows of a section sent whole replace their old selves: kept.
+(function () {
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var fragment = event.detail && event.detail.fragment;
+    if (!fragment || !fragment.querySelectorAll) return;
+    fragment.querySelectorAll("li.saga-event[data-append-once]").forEach(function (row) {
+      if (document.getElementById(row.id)) row.remove();
+    });
+  });
+})();
+
+// Targets marked data-swap-errors show the answer to a refused request (400: bad input,
+// 403: not allowed), which htmx would otherwise drop: the answer says why.
+(function () {
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var status = event.detail.xhr && event.detail.xhr.status;
+    var target = event.detail.target;
+    if ((status === 400 || status === 403) && target && target.hasAttribute("data-swap-errors")) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+})();

@@ -42,7 +42,7 @@ async def expect_all_steps(page, order_id: int, name: str) -> None:
 
 async def expect_order_status(page, order_id: int, status: str, saga: str) -> None:
     summary = page.locator(f"#order-summary-{order_id}")
-    await expect(summary.locator(".order-status")).to_have_text(re.compile(rf"^Order status: {status}$", re.IGNORECASE))
+    await expect(summary.locator(".order-status")).to_have_text(re.compile(rf"^Order: {status}$", re.IGNORECASE))
     await expect(summary.locator(".saga-status")).to_have_text(re.compile(rf"^Saga: {saga}$", re.IGNORECASE))
 
 

@@ -64,8 +64,9 @@ def _respond(request, *, pk: int, action: str, text: str, level: int, status: in
         if order is None:
             raise Http404("No such order.")
         context = {"actions": ActionButtons(order_actions(order, user_action_permissions(request.user))), "order": order,
-                   "action_message": text, "action_message_tag": tag}
-        response = render(request, "orders/partials/order_actions.html", context, status=status)
+                   "order_id": pk, "action_message": text, "action_message_tag": tag}
+        # The buttons, and the answer out of band into its own slot (the socket re-renders the buttons).
+        response = render(request, "orders/partials/order_action_response.html", context, status=status)
     else:
         context = {"order_id": pk, "action_message": text, "action_message_tag": tag}
         response = render(request, "orders/partials/action_result.html", context, status=status)
