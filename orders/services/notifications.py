@@ -73,6 +73,43 @@ def customer_notify(*, order_id: int, idempotency_key: str, attempt: int) -> str
     return detail
 
 
+def customer_message_send(*, order_id: int, key: str, attempt: int, subject: str, template: str,
+                          context: dict, step: str) -> str:
+    """Send one message to the order's customer, once per `key` (a saga, step and outcome),
+    the way customer_notify sends the confirmation: our ledger, then the notifier's book,
+    then a send; the success and its event (on `step`) commit together. Raises
+    NotificationFailed (recorded as a failed attempt). Locks: the order row (for the success).
+    """
+    if NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+        return "already emailed"
+    order = Order.objects.get(pk=order_id)
+    notifier = customer_notifier()
+    detail = f"Emailed {order.customer_email}: {subject}"
+    if notifier.sent_lookup(key):
+        detail += " (sent by an earlier attempt)"
+    else:
+        body = render_to_string(template, {"order": order, "status_url": order_status_url(order), **context})
+        try:
+            notifier.send(Notification(order_id=order.pk, to=order.customer_email, subject=subject, body=body,
+                                       idempotency_key=key))
+        except NotificationFailed as exc:
+            NotificationAttempt.objects.create(
+                order=order, succeeded=False, error=str(exc), attempt=attempt, idempotency_key=key
+            )
+            raise
+    try:
+        with transaction.atomic():
+            order = lock_order(order_id)
+            NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt, idempotency_key=key)
+            saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step=step, detail=detail, attempt=attempt,
+                              key=f"{key}:sent")
+    except IntegrityError:
+        if not NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+            raise
+        return "already emailed"
+    return detail
+
+
 def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | None:
     """Put the order on the follow-up queue (at most one open item per order).
 
