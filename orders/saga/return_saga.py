@@ -19,7 +19,9 @@ from temporalio.exceptions import ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from ..errors import NOT_COUNTED_TOWARD_STUCK, InfrastructureUnavailable
-    from . import return_activities as acts
+    # By its full name: `from . import` names the package, which the sandbox does not pass
+    # through, and the activities would be defined (and registered) a second time.
+    import orders.saga.return_activities as acts
     from . import search_attributes as sa
     from .policies import (
         BOOKKEEPING_TIMEOUT,
