@@ -153,3 +153,45 @@ async def test_returns_only_for_completed_orders(saga_env):
         await sync_to_async(return_open)(
             order_id=order.pk, reason="x", lines=[ReturnLineRequest(await sync_to_async(line_of)(order, product), 1)])
     assert not await sync_to_async(Return.objects.exists)()
+
+
+async def test_staff_pages_open_a_return_and_mark_the_parcel_received(saga_env, client, staff_user):
+    product = await sync_to_async(make_product)(price="8.00", stock=3)
+    order = await completed_order(saga_env, [(product, 2)])
+    line = await sync_to_async(line_of)(order, product)
+    operator = await sync_to_async(staff_user)("operator")
+    viewer = await sync_to_async(staff_user)("viewer")
+
+    def page_as(user):
+        client.force_login(user)
+        return client.get(f"/orders/{order.pk}/").content.decode()
+
+    def post_as(user, url, data):
+        client.force_login(user)
+        return client.post(url, data, follow=True)
+
+    html = await sync_to_async(page_as)(operator)
+    assert "Open a return" in html and f'name="qty-{line}"' in html and "No returns or refunds." in html
+    assert "Open a return" not in await sync_to_async(page_as)(viewer)
+    denied = await sync_to_async(post_as)(viewer, f"/orders/{order.pk}/returns/", {f"qty-{line}": "1", "reason": "x"})
+    assert denied.status_code == 403
+    assert not await sync_to_async(Return.objects.exists)()
+
+    # Bad input: a message on the page, nothing written.
+    response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/returns/", {f"qty-{line}": "5", "reason": "x"})
+    assert response.status_code == 200 and "only 2 of 2" in response.content.decode()
+    response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/refunds/", {"amount": "lots", "reason": "x"})
+    assert "is not an amount of money" in response.content.decode()
+    assert not await sync_to_async(Return.objects.exists)()
+
+    response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/returns/",
+                                            {f"qty-{line}": "1", f"unsellable-{line}": "on", "reason": "Scratched"})
+    html = response.content.decode()
+    assert "Return #" in html and "waiting for the parcel" in html and "Parcel received" in html
+    ret = await sync_to_async(Return.objects.get)()
+    assert (ret.amount, ret.created_by_id) == (Decimal("8.00"), operator.pk)
+    response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/returns/received/", {"reason": "desk"})
+    assert "Parcel received: the return restocks and refunds now." in response.content.decode()
+    assert await return_result(saga_env, ret) == "refunded"
+    html = await sync_to_async(page_as)(operator)
+    assert 'data-return-state="refunded"' in html and "1 x " in html and "(not sellable)" in html
