@@ -8,6 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core import mail
 from django.db import connection
+from django.test import Client
 
 from orders.models import NotificationAttempt, OperatorAction, Order, Payment, Product, Return, SagaEvent, StockMovement
 from orders.services.returns import ReturnLineRequest, ReturnNotAllowed, return_open, return_parcel_receive
@@ -81,6 +82,10 @@ async def test_full_return_via_carrier_signal_restocks_refunds_and_emails_once(s
     assert len(refund_mails) == 1 and "28.00" in refund_mails[0].body and order.customer_email in refund_mails[0].to
     key = f"{ret.workflow_id}:notify:refunded"
     assert await sync_to_async(NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).count)() == 1
+    # The customer's page shows the return and what became of it, not the staff's reason.
+    page = await sync_to_async(lambda: Client().get(f"/status/{order.public_token}/").content.decode())()
+    assert f"Return of 2 x {a.name}, 1 x {b.name} (28.00 EUR)" in page and "Refunded" in page
+    assert "Wrong size" not in page
     steps = await sync_to_async(lambda: list(SagaEvent.objects.filter(order=order, step__startswith="return")
                                              .values_list("step", "kind")))()
     assert steps == [
