@@ -26,6 +26,13 @@ CUSTOMER_WORDS = {
 
 
 @register.filter
+def has_returns(order) -> bool:
+    """Whether the live frame on (re)connect needs the returns section: without returns the
+    page already shows "none", and nothing can have changed it but a return's event."""
+    return Return.objects.filter(order_id=order.pk).exists()
+
+
+@register.filter
 def return_tone(ret: Return) -> str:
     return STATE_TONES.get(ret.state, "")
 
