@@ -128,6 +128,16 @@ class StepInput:
 
 
 @dataclass
+class OutcomeNotice:
+    """Tell the customer how a saga that did not complete ended ("failed" or "cancelled")."""
+
+    order_id: int
+    outcome: str
+    # The notify step's key (`<workflow id>:notify`); the message's is `<that>:<outcome>`.
+    idempotency_key: str
+
+
+@dataclass
 class StepResult:
     detail: str = ""
 

@@ -59,7 +59,7 @@ def import_at_start() -> None:
     broadcast.publisher_start()
     adapters.payment_gateway(), adapters.shipping_carrier(), adapters.customer_notifier()
     mail.get_connection(), get_template("orders/email/order_confirmed.txt")
-    get_template("orders/email/return_refunded.txt")
+    get_template("orders/email/return_refunded.txt"), get_template("orders/email/order_outcome.txt")
 
 
 def build_workers(
