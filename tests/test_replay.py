@@ -5,6 +5,8 @@ every one must replay against the current code. A change that alters commands go
 behind workflow.patched(...) until no running saga can still be on the old path.
 To add the current version's histories: RECORD_HISTORIES=tests/histories/v3 make test.
 v3 (issue 7) adds a cancel from Temporal and a compensation stuck then retried.
+v4 (issue 8): the order saga emails failed and cancelled customers (customer-told-of-outcome),
+and the return saga's paths (recorded by tests/test_returns.py).
 """
 
 import asyncio
@@ -47,7 +49,8 @@ async def test_recorded_history_replays(path: Path):
 def test_histories_were_recorded_for_every_path():
     names = {p.stem.split("-")[0] for p in recorded_histories()}
     assert {"completed", "compensated", "stuck_retry", "followup_resend", "cancelled",
-            "temporal_cancelled", "compensation_stuck_retry"} <= names
+            "temporal_cancelled", "compensation_stuck_retry",
+            "return_refunded", "return_expired", "return_stuck_retry"} <= names
 
 
 @pytest.mark.django_db(transaction=True)

@@ -200,3 +200,44 @@ async def test_staff_pages_open_a_return_and_mark_the_parcel_received(saga_env, 
     assert await return_result(saga_env, ret) == "refunded"
     html = await sync_to_async(page_as)(operator)
     assert 'data-return-state="refunded"' in html and "1 x " in html and "(not sellable)" in html
+
+
+async def test_return_saga_replays_its_own_histories(saga_env, settings, operator_user):
+    """Each path of the return saga replays against the current code; with RECORD_HISTORIES
+    set they are recorded for tests/test_replay.py, like the order saga's."""
+    import os
+    from pathlib import Path
+
+    from sandbox.adapters import sandbox_outage_set
+
+    from orders.services.returns import refund_open, return_command_send
+
+    from .test_replay import replayer
+
+    product = await sync_to_async(make_product)(stock=5)
+    order = await completed_order(saga_env, [(product, 3)])
+    line = await sync_to_async(line_of)(order, product)
+    refunded = await sync_to_async(return_open)(order_id=order.pk, reason="r", lines=[ReturnLineRequest(line, 1)])
+    await sync_to_async(parcel_returned.send)(sender=None, order_id=order.pk, source="carrier")
+    assert await return_result(saga_env, refunded) == "refunded"
+
+    settings.RETURN_PARCEL_DEADLINE_SECONDS = 0.5
+    expired = await sync_to_async(return_open)(order_id=order.pk, reason="r", lines=[ReturnLineRequest(line, 1)])
+    assert await return_result(saga_env, expired) == "expired"
+
+    await sync_to_async(sandbox_outage_set)("payment", active=True)
+    try:
+        stuck = await sync_to_async(refund_open)(order_id=order.pk, amount="1.00", reason="goodwill")
+        await wait_for(lambda: Return.objects.get(pk=stuck.pk).state == Return.State.STUCK, message="stuck")
+    finally:
+        await sync_to_async(sandbox_outage_set)("payment", active=False)
+    await sync_to_async(return_command_send)(return_id=stuck.pk, action="return_retry", actor=operator_user)
+    assert await return_result(saga_env, stuck) == "refunded"
+
+    record_to = os.environ.get("RECORD_HISTORIES")
+    for name, ret in {"return_refunded": refunded, "return_expired": expired, "return_stuck_retry": stuck}.items():
+        history = await saga_env.client.get_workflow_handle(ret.workflow_id).fetch_history()
+        await replayer().replay_workflow(history)
+        if record_to:
+            Path(record_to).mkdir(parents=True, exist_ok=True)
+            (Path(record_to) / f"{name}-{ret.workflow_id}.json").write_text(history.to_json())
