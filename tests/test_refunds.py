@@ -149,3 +149,34 @@ async def test_stuck_refund_given_up_closes_the_return_without_money(saga_env, o
     assert ret.state == Return.State.ABANDONED
     assert await sync_to_async(books)(order) == (Decimal("12.00"), Decimal(0), Decimal(0))
     assert await sync_to_async(gateway_books)(order) == [("charge", Decimal("12.00"))]
+
+
+async def test_reconciliation_checks_returns_against_the_ledgers(saga_env, settings):
+    from ops.models import Discrepancy, ReconciliationRun
+    from ops.reconciliation import reconciliation_run_create, reconciliation_run_execute
+
+    settings.RECONCILIATION_GRACE_SECONDS = 0
+
+    def run_now() -> set[tuple[str, int]]:
+        run = reconciliation_run_create(trigger=ReconciliationRun.Trigger.MANUAL)
+        run = reconciliation_run_execute(run_id=run.pk)
+        return {(kind, order_id) for kind, order_id in run.discrepancies.values_list("kind", "order_id")}
+
+    order = await completed_order(saga_env, price="10.00", quantity=3)
+    line = await sync_to_async(lambda: order.lines.get().pk)()
+    returned = await sync_to_async(return_open)(order_id=order.pk, reason="r", lines=[ReturnLineRequest(line, 2)])
+    await sync_to_async(parcel_returned.send)(sender=None, order_id=order.pk, source="carrier")
+    goodwill = await sync_to_async(refund_open)(order_id=order.pk, amount="3.00", reason="sorry")
+    assert await result_of(saga_env, returned) == "refunded"
+    assert await result_of(saga_env, goodwill) == "refunded"
+    # Real returns and refunds: charged 30, refunded 20 + 3, total less returned 7. Clean.
+    assert await sync_to_async(run_now)() == set()
+
+    # Planted behind the services: a return that says more than its refund, books that drift.
+    await sync_to_async(Return.objects.filter(pk=goodwill.pk).update)(amount=Decimal("4.00"))
+    await sync_to_async(Order.objects.filter(pk=order.pk).update)(refunded_total=Decimal("25.00"))
+    assert await sync_to_async(run_now)() == {
+        (Discrepancy.Kind.SAGA_INCONSISTENT, order.pk), (Discrepancy.Kind.MONEY_MISMATCH, order.pk)}
+    # (The test's invariants would fail on these too: put them back.)
+    await sync_to_async(Return.objects.filter(pk=goodwill.pk).update)(amount=Decimal("3.00"))
+    await sync_to_async(Order.objects.filter(pk=order.pk).update)(refunded_total=Decimal("23.00"))
