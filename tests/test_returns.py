@@ -241,3 +241,30 @@ async def test_return_saga_replays_its_own_histories(saga_env, settings, operato
         if record_to:
             Path(record_to).mkdir(parents=True, exist_ok=True)
             (Path(record_to) / f"{name}-{ret.workflow_id}.json").write_text(history.to_json())
+
+
+async def test_sweep_starts_a_return_whose_saga_never_started(saga_env, settings, temporal_server):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orders.services.returns import return_sagas_restart
+
+    product = await sync_to_async(make_product)(stock=2)
+    order = await completed_order(saga_env, [(product, 1)])
+    settings.TEMPORAL_ADDRESS = "127.0.0.1:1"  # Temporal unreachable when the return is opened
+    try:
+        ret = await sync_to_async(return_open)(
+            order_id=order.pk, reason="r", lines=[ReturnLineRequest(await sync_to_async(line_of)(order, product), 1)])
+    finally:
+        settings.TEMPORAL_ADDRESS = temporal_server.address
+    failed = await sync_to_async(lambda: SagaEvent.objects.get(order=order, step="return", kind="failed").detail)()
+    assert f"Could not start the saga of return #{ret.pk}" in failed
+
+    # Too recent for the sweep; then quiet long enough.
+    assert await sync_to_async(return_sagas_restart)(quiet_seconds=60) == 0
+    await sync_to_async(Return.objects.filter(pk=ret.pk).update)(updated_at=timezone.now() - timedelta(minutes=5))
+    assert await sync_to_async(return_sagas_restart)(quiet_seconds=60) == 1
+    await sync_to_async(parcel_returned.send)(sender=None, order_id=order.pk, source="carrier")
+    assert await return_result(saga_env, ret) == "refunded"
+    assert await sync_to_async(return_sagas_restart)(quiet_seconds=0) == 0

@@ -234,6 +234,43 @@ def return_saga_start(*, return_id: int) -> bool:
         return False
 
 
+def return_sagas_restart(*, quiet_seconds: float, limit: int = 200) -> int:
+    """Start again the sagas of open returns that Temporal does not know (it was down when
+    the return was opened, or the workflow was lost). Returns how many were started.
+
+    Safe for a return whose saga did run: every effect of the saga is keyed (restock, refund,
+    email) and its bookkeeping too, so a second run does nothing twice. Called by the
+    stalled-saga sweep; looks only at returns quiet for `quiet_seconds`.
+    """
+    from temporalio.service import RPCError, RPCStatusCode
+
+    cutoff = timezone.now() - timedelta(seconds=quiet_seconds)
+    candidates = list(Return.objects.filter(state__in=Return.OPEN_STATES, updated_at__lt=cutoff)
+                      .order_by("updated_at").values_list("pk", "workflow_id")[:limit])
+    if not candidates:
+        return 0
+
+    async def unknown(client) -> list[int]:
+        missing = []
+        for pk, workflow_id in candidates:
+            try:
+                await client.get_workflow_handle(workflow_id).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    missing.append(pk)
+        return missing
+
+    try:
+        missing = run_with_client(unknown, timeout=60)
+    except Exception as exc:  # Temporal down: the next sweep tries again
+        logger.warning("could not look for unstarted return sagas: %s", exc)
+        return 0
+    started = 0
+    for return_id in missing:
+        started += return_saga_start(return_id=return_id)
+    return started
+
+
 # --- the parcel comes back, and operator commands ----------------------------------------
 
 
