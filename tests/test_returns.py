@@ -120,6 +120,9 @@ async def test_partial_return_by_staff_restocks_only_what_is_sellable(saga_env, 
     # One of the three is left to return; asking for two is refused, with why.
     with pytest.raises(ReturnNotAllowed, match="only 1 of 3"):
         await sync_to_async(return_open)(order_id=order.pk, reason="more", lines=[ReturnLineRequest(line_a, 2)])
+    with pytest.raises(ReturnNotAllowed, match="named once"):
+        await sync_to_async(return_open)(order_id=order.pk, reason="twice",
+                                         lines=[ReturnLineRequest(line_a, 1), ReturnLineRequest(line_a, 1)])
     # Staff cannot mark a parcel received when no return waits for one.
     with pytest.raises(ReturnNotAllowed, match="No return"):
         await sync_to_async(return_parcel_receive)(order_id=order.pk, actor=operator_user)
@@ -251,7 +254,7 @@ async def test_sweep_starts_a_return_whose_saga_never_started(saga_env, settings
     from orders.services.returns import return_sagas_restart
 
     product = await sync_to_async(make_product)(stock=2)
-    order = await completed_order(saga_env, [(product, 1)])
+    order = await completed_order(saga_env, [(product, 2)])
     settings.TEMPORAL_ADDRESS = "127.0.0.1:1"  # Temporal unreachable when the return is opened
     try:
         ret = await sync_to_async(return_open)(
@@ -268,3 +271,14 @@ async def test_sweep_starts_a_return_whose_saga_never_started(saga_env, settings
     await sync_to_async(parcel_returned.send)(sender=None, order_id=order.pk, source="carrier")
     assert await return_result(saga_env, ret) == "refunded"
     assert await sync_to_async(return_sagas_restart)(quiet_seconds=0) == 0
+
+    # A return whose workflow was terminated before it finished gets a new run.
+    again = await sync_to_async(return_open)(
+        order_id=order.pk, reason="r", lines=[ReturnLineRequest(await sync_to_async(line_of)(order, product), 1)])
+    await wait_for(lambda: SagaEvent.objects.filter(order=order, step="return", kind="started").count() == 2,
+                   message="second return opened")
+    await saga_env.client.get_workflow_handle(again.workflow_id).terminate("lost, say")
+    await sync_to_async(Return.objects.filter(pk=again.pk).update)(updated_at=timezone.now() - timedelta(minutes=5))
+    assert await sync_to_async(return_sagas_restart)(quiet_seconds=60) == 1
+    await sync_to_async(parcel_returned.send)(sender=None, order_id=order.pk, source="staff")
+    assert await return_result(saga_env, again) == "refunded"

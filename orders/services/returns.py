@@ -129,6 +129,8 @@ def return_open(*, order_id: int, lines: list[ReturnLineRequest], reason: str, i
         raise ReturnNotAllowed("Quantities cannot be negative.")
     if not wanted:
         raise ReturnNotAllowed("Choose at least one item to return.")
+    if len({line.order_line_id for line in wanted}) < len(wanted):
+        raise ReturnNotAllowed("Each line can be named once in a return.")
     with transaction.atomic():
         order = lock_order(order_id)
         _returnable_check(order)
@@ -236,12 +238,14 @@ def return_saga_start(*, return_id: int) -> bool:
 
 def return_sagas_restart(*, quiet_seconds: float, limit: int = 200) -> int:
     """Start again the sagas of open returns that Temporal does not know (it was down when
-    the return was opened, or the workflow was lost). Returns how many were started.
+    the return was opened) or that closed without finishing them (terminated, failed).
+    Returns how many were started.
 
     Safe for a return whose saga did run: every effect of the saga is keyed (restock, refund,
     email) and its bookkeeping too, so a second run does nothing twice. Called by the
     stalled-saga sweep; looks only at returns quiet for `quiet_seconds`.
     """
+    from temporalio.client import WorkflowExecutionStatus
     from temporalio.service import RPCError, RPCStatusCode
 
     cutoff = timezone.now() - timedelta(seconds=quiet_seconds)
@@ -254,10 +258,14 @@ def return_sagas_restart(*, quiet_seconds: float, limit: int = 200) -> int:
         missing = []
         for pk, workflow_id in candidates:
             try:
-                await client.get_workflow_handle(workflow_id).describe()
+                description = await client.get_workflow_handle(workflow_id).describe()
             except RPCError as err:
                 if err.status == RPCStatusCode.NOT_FOUND:
                     missing.append(pk)
+                continue
+            # Closed while the return is open (failed, terminated): a new run finishes it.
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                missing.append(pk)
         return missing
 
     try:
