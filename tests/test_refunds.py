@@ -180,3 +180,22 @@ async def test_reconciliation_checks_returns_against_the_ledgers(saga_env, setti
     # (The test's invariants would fail on these too: put them back.)
     await sync_to_async(Return.objects.filter(pk=goodwill.pk).update)(amount=Decimal("3.00"))
     await sync_to_async(Order.objects.filter(pk=order.pk).update)(refunded_total=Decimal("23.00"))
+
+
+async def test_refund_refused_by_the_gateway_is_stuck_at_once(saga_env, operator_user):
+    # The order's refund fault ("the charge is disputed") applies to its returns' refunds too.
+    product = await sync_to_async(make_product)(price="9.00")
+    order = await sync_to_async(make_order)(products=[(product, 1)], fault_plan={"refund": "fail"})
+    assert await saga_env.result(order) == "completed"
+    ret = await sync_to_async(refund_open)(order_id=order.pk, amount="9.00", reason="never arrived")
+    await wait_for(lambda: Return.objects.get(pk=ret.pk).state == Return.State.STUCK, message="return stuck")
+    refund_events = await sync_to_async(lambda: list(SagaEvent.objects.filter(
+        order=order, step="return_refund").values_list("kind", flat=True)))()
+    assert refund_events == ["started", "failed", "stuck"]  # refused: not retried
+    ret = await sync_to_async(Return.objects.get)(pk=ret.pk)
+    assert "disputed" in ret.last_error
+    audit = await sync_to_async(return_command_send)(return_id=ret.pk, action="return_abandon", actor=operator_user,
+                                                     reason="customer paid back by bank transfer")
+    assert await result_of(saga_env, ret) == "abandoned"
+    await wait_for(lambda: OperatorAction.objects.get(pk=audit.pk).outcome == "applied", message="applied")
+    assert await sync_to_async(gateway_books)(order) == [("charge", Decimal("9.00"))]

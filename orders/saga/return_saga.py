@@ -96,7 +96,7 @@ class ReturnSagaWorkflow:
             self._phase = "running"
             await self._record(EventKind.SIGNAL, ReturnStep.PARCEL,
                                f"Return #{input.return_id}: parcel received ({self._parcel.source})",
-                               return_state=RECEIVED, action_id=self._parcel.action_id)
+                               return_state=RECEIVED, action_id=self._parcel.action_id, source=self._parcel.source)
             self._set_status("running", ReturnStep.RESTOCK)
             await workflow.execute_local_activity(
                 acts.return_restock, ReturnStepInput(return_id=input.return_id, step=ReturnStep.RESTOCK.value),
@@ -237,11 +237,11 @@ class ReturnSagaWorkflow:
         return f"{workflow.info().workflow_id}:t:{what}:{n}"
 
     async def _record(self, kind: EventKind | str, step: ReturnStep, detail: str, *, return_state: str = "",
-                      action_id: int | None = None, action_outcome: str = "applied") -> None:
+                      action_id: int | None = None, action_outcome: str = "applied", source: str = "") -> None:
         kind_value = kind.value if isinstance(kind, EventKind) else kind
         await self._bookkeeping(acts.record_return_transition, ReturnTransition(
             return_id=self._input.return_id, kind=kind_value, step=step.value, detail=detail,
-            return_state=return_state, action_id=action_id,
+            return_state=return_state, action_id=action_id, source=source,
             action_outcome=action_outcome if action_id is not None else "",
             key=self._key(f"action-{action_id}" if action_id is not None else f"{kind_value}.{step.value}"),
         ))

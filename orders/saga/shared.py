@@ -256,6 +256,7 @@ class ReturnTransition:
     action_id: int | None = None
     action_outcome: str = ""
     key: str = ""
+    source: str = ""  # who reported the parcel back (carrier, staff), with return_state received
 
 
 @dataclass

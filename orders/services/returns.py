@@ -406,7 +406,7 @@ def return_transition_record(transition: ReturnTransition) -> bool:
                 ret.finished_at = timezone.now()
                 fields.append("finished_at")
             if transition.return_state == Return.State.RECEIVED:
-                ret.received_source = transition.detail.rpartition("(")[2].rstrip(")")[:20]
+                ret.received_source = transition.source[:20]
                 fields.append("received_source")
             ret.save(update_fields=fields)
         saga_event_record(order, kind=transition.kind, step=transition.step, detail=transition.detail,
