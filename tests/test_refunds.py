@@ -48,6 +48,14 @@ def gateway_books(order: Order) -> list[tuple[str, Decimal]]:
         return cursor.fetchall()
 
 
+def stuck_queue_as(user) -> str:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client.get("/ops/stuck/").content.decode()
+
+
 def books(order: Order) -> tuple[Decimal, Decimal, Decimal]:
     order.refresh_from_db()
     return order.charged_total, order.refunded_total, order.refund_pending_total
@@ -113,6 +121,9 @@ async def test_gateway_down_during_a_returns_refund_leaves_it_stuck_and_retry_co
         await wait_for(lambda: Return.objects.get(pk=ret.pk).state == Return.State.STUCK, message="return stuck")
         stuck = await sync_to_async(lambda: SagaEvent.objects.get(order=order, step="return_refund", kind="stuck"))()
         assert "sandbox outage" in stuck.detail
+        # The stuck queue lists it, with why (the order's own saga finished long ago).
+        stuck_page = await sync_to_async(stuck_queue_as)(operator_user)
+        assert f"#{ret.pk} (return)" in stuck_page and "sandbox outage" in stuck_page
         # Nothing moved at the gateway; the amount is still promised, not refunded.
         assert await sync_to_async(gateway_books)(order) == [("charge", Decimal("30.00"))]
         assert await sync_to_async(books)(order) == (Decimal("30.00"), Decimal(0), Decimal("30.00"))

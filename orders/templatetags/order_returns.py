@@ -64,3 +64,11 @@ def order_returns_section(context, order, oob: bool = False):
 @register.inclusion_tag("orders/partials/customer_returns.html")
 def customer_returns_section(order_id: int):
     return {"returns": order_returns(order_id)}
+
+
+@register.inclusion_tag("orders/partials/stuck_returns.html")
+def stuck_returns_section(limit: int = 50):
+    """Returns whose refund waits for an operator, for the stuck queue (their orders' sagas
+    finished long ago, so the order list of that page does not show them). One query."""
+    returns = list(Return.objects.filter(state=State.STUCK).select_related("order").order_by("updated_at")[:limit])
+    return {"returns": returns}
