@@ -23,7 +23,7 @@ from orders.models import Order, Payment, Return, StockMovement
 from .models import Discrepancy
 
 Kind = Discrepancy.Kind
-# A return's restock key: `<order workflow id>:r<return pk>:restock` (orders.services.returns).
+# A return's restock key: `<order workflow id>:r<return pk>:restock` (orders.services.return_steps).
 RETURN_RESTOCK = r":r[0-9]+:restock$"
 PARCEL_BACK = (Return.State.RECEIVED, Return.State.REFUNDING, Return.State.STUCK, Return.State.REFUNDED,
                Return.State.ABANDONED)

@@ -1,5 +1,5 @@
 """The return saga's activities: each loads by id and calls one service in
-orders.services.returns, between 'started' and 'failed' events on the order's timeline.
+orders.services.return_steps, between 'started' and 'failed' events on the order's timeline.
 
 Registered in the same per-queue dicts as the order saga's (the refund on the payments
 queue, where the gateway's concurrency is bounded), so the workers pick them up.
@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
-from ..services import returns
+from ..services import return_steps as returns
 from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES, _activity, _infrastructure_error
 from .shared import ReturnStepInput, ReturnTransition
 
