@@ -190,6 +190,10 @@ async def test_staff_pages_open_a_return_and_mark_the_parcel_received(saga_env, 
     assert response.status_code == 200 and "only 2 of 2" in response.content.decode()
     response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/refunds/", {"amount": "lots", "reason": "x"})
     assert "is not an amount of money" in response.content.decode()
+    for amount in ("NaN", "Infinity", "1e40", "-3"):
+        response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/refunds/", {"amount": amount, "reason": "x"})
+        assert response.status_code == 200, amount
+        assert "amount of money" in response.content.decode() or "more than zero" in response.content.decode()
     assert not await sync_to_async(Return.objects.exists)()
 
     response = await sync_to_async(post_as)(operator, f"/orders/{order.pk}/returns/",

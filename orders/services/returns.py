@@ -174,8 +174,10 @@ def refund_open(*, order_id: int, amount, reason: str, actor=None) -> Return:
         raise ReturnNotAllowed("Say why the customer gets money back.")
     try:
         amount = Decimal(str(amount)).quantize(Decimal("0.01"))
+        if not amount.is_finite():
+            raise InvalidOperation
     except (InvalidOperation, ValueError):
-        raise ReturnNotAllowed(f"{amount!r} is not an amount of money.") from None
+        raise ReturnNotAllowed(f"{str(amount)!r} is not an amount of money.") from None
     if amount <= 0:
         raise ReturnNotAllowed("The refund must be more than zero.")
     with transaction.atomic():
