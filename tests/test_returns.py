@@ -67,6 +67,12 @@ async def test_full_return_via_carrier_signal_restocks_refunds_and_emails_once(s
 
     ret = await sync_to_async(Return.objects.get)(pk=ret.pk)
     assert (ret.state, ret.received_source) == (Return.State.REFUNDED, "carrier")
+    # Found in Temporal by the order's search attributes, its end on SagaStatus.
+    from orders.saga import search_attributes as sa
+
+    attributes = (await saga_env.client.get_workflow_handle(ret.workflow_id).describe()).typed_search_attributes
+    assert (attributes.get(sa.ORDER_ID), attributes.get(sa.ORDER_AMOUNT), attributes.get(sa.SAGA_STATUS),
+            attributes.get(sa.CURRENT_STEP)) == (order.pk, 28.0, "completed", "return")
     order = await sync_to_async(Order.objects.get)(pk=order.pk)
     assert (order.charged_total, order.refunded_total, order.refund_pending_total) == (
         Decimal("28.00"), Decimal("28.00"), Decimal(0))
