@@ -57,6 +57,10 @@ PRESETS = {
                        {"shipping": "fail", "shipping_cancel": "fail"}),
     "refund_stuck": ("Inventory fails, then the refund times out (compensation stuck, retry works)",
                      {"inventory": "fail", "refund": "transient:6"}),
+    # Returns (issue 8): the order completes; its returns' refunds meet the fault.
+    "return_refund_down": ("Completes; a return's refund finds the gateway down (stuck, retry works)",
+                           {"refund": "transient:3"}),
+    "return_refund_refused": ("Completes; a return's refund is refused (stuck: give it up)", {"refund": "fail"}),
 }
 
 

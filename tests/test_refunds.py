@@ -210,3 +210,19 @@ async def test_refund_refused_by_the_gateway_is_stuck_at_once(saga_env, operator
     assert await result_of(saga_env, ret) == "abandoned"
     await wait_for(lambda: OperatorAction.objects.get(pk=audit.pk).outcome == "applied", message="applied")
     assert await sync_to_async(gateway_books)(order) == [("charge", Decimal("9.00"))]
+
+
+async def test_return_refund_down_preset_gets_stuck_and_retry_works(saga_env, operator_user):
+    from orders.faults import PRESETS
+
+    product = await sync_to_async(make_product)(price="6.00")
+    order = await sync_to_async(make_order)(products=[(product, 1)], fault_plan=PRESETS["return_refund_down"][1])
+    assert await saga_env.result(order) == "completed"
+    ret = await sync_to_async(return_open)(order_id=order.pk, reason="r",
+                                           lines=[ReturnLineRequest(await sync_to_async(lambda: order.lines.get().pk)(), 1)])
+    await sync_to_async(parcel_returned.send)(sender=None, order_id=order.pk, source="carrier")
+    await wait_for(lambda: Return.objects.get(pk=ret.pk).state == Return.State.STUCK, message="return stuck")
+    assert await sync_to_async(gateway_books)(order) == [("charge", Decimal("6.00"))]
+    await sync_to_async(return_command_send)(return_id=ret.pk, action="return_retry", actor=operator_user)
+    assert await result_of(saga_env, ret) == "refunded"
+    assert await sync_to_async(gateway_books)(order) == [("charge", Decimal("6.00")), ("refund", Decimal("6.00"))]
