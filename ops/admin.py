@@ -26,6 +26,8 @@ from orders.models import (
     Payment,
     Product,
     Reservation,
+    Return,
+    ReturnLine,
     SagaEvent,
     Shipment,
 )
@@ -313,6 +315,35 @@ class FollowUpAdmin(ViewOnlyAdmin):
     @admin.display(description="Customer", ordering="order__customer_name")
     def customer(self, obj):
         return f"{obj.order.customer_name} <{obj.order.customer_email}>"
+
+
+# --- returns and refunds ---------------------------------------------------------------------
+
+
+class ReturnLineInline(admin.TabularInline):
+    model = ReturnLine
+    fields = readonly_fields = ["order_line", "quantity", "sellable"]
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Return)
+class ReturnAdmin(ViewOnlyAdmin):
+    """Returns and refunds without a return; staff open and drive them on the order's page."""
+
+    list_display = ["id", "order", "kind", "state", "amount", "short_reason", "created_by", "created_at", "finished_at"]
+    list_filter = ["state", "kind", "created_at"]
+    search_fields = ["order__number", "order__customer_email", "reason", "refund_key"]
+    list_select_related = ["order", "created_by"]
+    show_full_result_count = False
+    fields = readonly_fields = [
+        "order", "kind", "state", "reason", "amount", "include_shipping", "shipping_amount", "deadline",
+        "received_source", "last_error", "workflow_id", "refund_key", "created_by", "created_at", "finished_at",
+    ]
+    inlines = [ReturnLineInline]
 
 
 # --- the audit log --------------------------------------------------------------------------

@@ -10,6 +10,8 @@ Checks (each a Discrepancy kind):
 - idempotency: no effect recorded twice (two charges or refunds for one order, two stock
   moves of one kind for one order and product, a key derived from another order's workflow);
 - finished sagas: status, 'finished' event, events and ledger rows tell the same story;
+- returns (ops.reconciliation_returns): each return's refund, restock and state agree with
+  the ledgers and the order's money books, and none waits past its deadline;
 - Temporal: every running workflow on the saga queue belongs to an open order, and every
   open order has a running workflow; no delivery tracker runs for a closed order (delivered,
   its tracking ended, or the order undone);
@@ -38,7 +40,7 @@ from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Concat
 
 from orders.adapters import payment_gateway, shipping_carrier
-from orders.models import Order, Payment, Product, Reservation, SagaEvent, StockMovement
+from orders.models import Order, Payment, Product, Reservation, Return, SagaEvent, StockMovement
 from orders.status import (
     ORDER_STATUS_AFTER_SAGA,
     TERMINAL_SAGA_STATUSES,
@@ -48,6 +50,7 @@ from orders.status import (
 from orders.temporal_client import run_with_client
 
 from .models import Discrepancy, ReconciliationRun
+from .reconciliation_returns import RETURN_RESTOCK, check_returns, return_refund_keys
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +60,9 @@ COMPLETED_STATUSES = {OrderStatus.COMPLETED, OrderStatus.DELIVERED}
 UNDONE_STATUSES = {OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.REJECTED}
 # Orders whose delivery tracker must have ended (issue 8: no open tracker for a closed order).
 CLOSED_FOR_DELIVERY = UNDONE_STATUSES | {OrderStatus.DELIVERED}
-# `order-<pk>-<random>` (and its tracker `delivery-<pk>-<random>`); orders placed before
-# the random part have `order-<pk>`.
-WORKFLOW_ID = re.compile(r"^(order|delivery)-(\d+)(?:-[A-Za-z0-9]+)?$")
+# `order-<pk>-<random>` (its tracker `delivery-<pk>-<random>`, its returns
+# `return-<pk>-<random>-r<return pk>`); orders placed before the random part have `order-<pk>`.
+WORKFLOW_ID = re.compile(r"^(order|delivery|return)-(\d+)(?:-[A-Za-z0-9]+)*$")
 
 
 class TemporalCheckFailed(Exception):
@@ -134,8 +137,11 @@ def _check_stock(found: Findings) -> int:
 
 def _payments_by_order() -> dict[int, dict[str, tuple[Decimal, int]]]:
     payments: dict[int, dict[str, tuple[Decimal, int]]] = defaultdict(dict)
+    # The order saga's own charge and refund; returns' refunds are checked against their
+    # returns (ops.reconciliation_returns).
     for order_id, kind, amount, n in (
-        Payment.objects.order_by().values_list("order_id", "kind").annotate(s=Sum("amount"), n=Count("id"))
+        Payment.objects.exclude(idempotency_key__in=Return.objects.values("refund_key"))
+        .order_by().values_list("order_id", "kind").annotate(s=Sum("amount"), n=Count("id"))
     ):
         payments[order_id][kind] = (amount or Decimal(0), n)
     return payments
@@ -177,7 +183,7 @@ def _check_keys(found: Findings) -> None:
             found.add(Kind.DUPLICATE_EFFECT, f"{label} #{pk} of {number} is keyed {key!r}, which is not derived "
                       "from its own order's workflow: a key used for another order", order_id=order_id)
     repeated = (
-        StockMovement.objects.order_by().values_list("order_id", "order__number", "product__sku", "kind")
+        StockMovement.objects.exclude(idempotency_key__regex=RETURN_RESTOCK).order_by().values_list("order_id", "order__number", "product__sku", "kind")
         .annotate(n=Count("id")).filter(n__gt=1)
     )
     for order_id, number, sku, kind, n in repeated:
@@ -204,7 +210,7 @@ def _check_finished_sagas(found: Findings, payments) -> None:
     ):
         events[order_id][(step, kind)] = n
     moves: dict[int, Counter] = defaultdict(Counter)
-    for order_id, kind, n in StockMovement.objects.filter(terminal).order_by().values_list("order_id", "kind").annotate(n=Count("id")):
+    for order_id, kind, n in StockMovement.objects.filter(terminal).exclude(idempotency_key__regex=RETURN_RESTOCK).order_by().values_list("order_id", "kind").annotate(n=Count("id")):
         moves[order_id][kind] = n
     holds: dict[int, Counter] = defaultdict(Counter)
     for order_id, state, n in Reservation.objects.filter(terminal).order_by().values_list("order_id", "state").annotate(n=Count("id")):
@@ -351,15 +357,17 @@ def _compare_batch(found: Findings, batch: list[tuple], gateway, carrier) -> Non
         .values_list("order_id", "idempotency_key", "kind", "amount", "currency", "gateway_reference")
     ):
         ledger[order_id][key] = (kind, amount, currency, reference)
+    returns = return_refund_keys([row[0] for row in batch])
     keys = {k for row in batch for k in (f"{row[4]}:charge", f"{row[4]}:charge:compensate")}
     keys.update(k for rows in ledger.values() for k in rows)
+    keys.update(k for rows in returns.values() for k in rows)
     books = gateway.payments_lookup(sorted(keys))
     undone = [row for row in batch if row[2] in UNDONE_STATUSES]
     parcels = carrier.shipments_lookup([f"{row[4]}:ship" for row in undone]) if undone else {}
 
     for pk, number, status, currency, workflow_id in batch:
         ours = ledger.get(pk, {})
-        keys_of_order = {f"{workflow_id}:charge", f"{workflow_id}:charge:compensate", *ours}
+        keys_of_order = {f"{workflow_id}:charge", f"{workflow_id}:charge:compensate", *ours, *returns.get(pk, ())}
         differ, unrecorded = [], []
         net = Decimal(0)
         for key in sorted(keys_of_order):
@@ -411,6 +419,7 @@ def invariants_check(found: Findings, *, running: dict[str, str] | None, now: da
         _check_keys(found)
         _check_finished_sagas(found, payments)
         _check_outside_books(found, now)
+        check_returns(found, now)
         if running is not None:
             _check_workflows(found, running, now)
     return CheckedCounts(products=products, orders=orders, workflows=len(running) if running is not None else None)

@@ -14,6 +14,8 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from orders.services.returns import return_sagas_restart
+
 from . import bulk, jobs, reconciliation
 from .alerts import services as alerts
 from .models import ReconciliationRun
@@ -60,7 +62,10 @@ def stalled_saga_sweep() -> dict:
     with single_flight("stalled-saga-sweep", ttl=max(settings.SWEEPER_INTERVAL_SECONDS * 5, 120)) as lock:
         if lock is None:
             return {"skipped": "another sweep is running"}
-        return stalls.stalled_saga_sweep().as_dict()
+        result = stalls.stalled_saga_sweep().as_dict()
+        # Returns whose saga never started (Temporal down when opened): start them now.
+        result["returns_restarted"] = return_sagas_restart(quiet_seconds=settings.SWEEPER_INTERVAL_SECONDS)
+        return result
 
 
 @shared_task(name=jobs.RECONCILIATION_NIGHTLY, autoretry_for=TRANSIENT, retry_backoff=30, retry_backoff_max=600,

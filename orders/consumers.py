@@ -14,7 +14,8 @@ def render_customer(order_id: int) -> str:
     if order is None:
         return ""
     return render_to_string("orders/partials/customer_status.html",
-                            {"status": customer_status_present(customer_order(order)), "oob": True})
+                            {"status": customer_status_present(customer_order(order)), "oob": True,
+                             "order_id": order.pk})
 
 
 def customer_order_id(token: str) -> int | None:

@@ -62,6 +62,10 @@ PRESETS = {
                      {"inventory": "fail", "refund": "transient:6"}),
     "parcel_lost": ("Carrier loses the parcel (delivery overdue: follow-up)", {"delivery": "lost"}),
     "delivery_failed": ("Carrier cannot deliver the parcel (follow-up)", {"delivery": "failed"}),
+    # Returns (issue 8): the order completes; its returns' refunds meet the fault.
+    "return_refund_down": ("Completes; a return's refund finds the gateway down (stuck, retry works)",
+                           {"refund": "transient:3"}),
+    "return_refund_refused": ("Completes; a return's refund is refused (stuck: give it up)", {"refund": "fail"}),
 }
 
 

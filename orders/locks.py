@@ -5,7 +5,7 @@ concurrent sagas from deadlocking each other. Call these inside transaction.atom
 On SQLite, select_for_update is a no-op; IMMEDIATE transactions serialise writers instead.
 """
 
-from .models import Order, Product
+from .models import Order, Product, Return
 
 
 def lock_order(order_id: int) -> Order:
@@ -15,3 +15,8 @@ def lock_order(order_id: int) -> Order:
 def lock_products(product_ids) -> dict[int, Product]:
     products = Product.objects.select_for_update().filter(pk__in=sorted(set(product_ids))).order_by("pk")
     return {p.pk: p for p in products}
+
+
+def lock_return(return_id: int) -> Return:
+    """A return's row, taken after its order's (lock_order first): its state moves under it."""
+    return Return.objects.select_for_update().get(pk=return_id)

@@ -80,9 +80,23 @@ class Order(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     # When the saga last recorded anything: the stalled-saga sweeper looks for old values.
     last_event_at = models.DateTimeField(null=True, blank=True)
+    # The money books of the order, kept by the payment and return services under the
+    # order's row lock: what the gateway took, what went back, and what open returns are
+    # about to give back. The CHECK below is what stops refunds exceeding the charge,
+    # whichever form or path asked for them.
+    charged_total = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    refunded_total = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    refund_pending_total = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(refunded_total__gte=0) & Q(refund_pending_total__gte=0)
+                & Q(charged_total__gte=F("refunded_total") + F("refund_pending_total")),
+                name="order_refunds_within_charge",
+            ),
+        ]
         indexes = [
             models.Index(fields=["saga_status", "last_event_at"], name="order_saga_status_last_event"),
             models.Index(fields=["status", "-created_at"], name="order_status_created"),
@@ -343,6 +357,12 @@ class OperatorAction(models.Model):
         MARK_DELIVERED = "mark_delivered", "mark delivered"
         LOST_REFUND = "lost_refund", "report lost, refund"
         LOST_RESHIP = "lost_reship", "report lost, re-ship"
+        # Returns and refunds (orders.services.returns): the row also names its return.
+        RETURN_OPEN = "return_open", "open a return"
+        PARCEL_RECEIVED = "parcel_received", "mark returned parcel received"
+        REFUND = "refund", "goodwill refund"
+        RETURN_RETRY = "return_retry", "retry return refund"
+        RETURN_ABANDON = "return_abandon", "give up return refund"
 
     class Outcome(models.TextChoices):
         REQUESTED = "requested"  # audit row written, signal not yet sent
@@ -357,6 +377,10 @@ class OperatorAction(models.Model):
     reason = models.TextField(blank=True)
     outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.REQUESTED)
     outcome_detail = models.TextField(blank=True)
+    # The return a return command is about (open, received, refund, retry, give up).
+    return_request = models.ForeignKey(
+        "Return", null=True, blank=True, on_delete=models.SET_NULL, related_name="operator_actions"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -400,3 +424,85 @@ class SagaEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.order_id} {self.step} {self.kind}"
+
+
+class Return(models.Model):
+    """Goods coming back (or a goodwill refund with none), run by its own saga
+    (orders.saga.return_saga): wait for the parcel, restock, refund, tell the customer.
+
+    `amount` is what the return refunds (its lines, plus shipping when asked); while the
+    return is open it is counted in the order's refund_pending_total, so two returns can
+    never promise together more than was charged.
+    """
+
+    class Kind(models.TextChoices):
+        RETURN = "return", "return"
+        GOODWILL = "goodwill", "refund without a return"
+
+    class State(models.TextChoices):
+        AWAITING_PARCEL = "awaiting_parcel", "waiting for the parcel"
+        RECEIVED = "received", "parcel received"
+        REFUNDING = "refunding", "refunding"
+        STUCK = "stuck", "stuck: waiting for an operator"
+        # terminal:
+        REFUNDED = "refunded", "refunded"
+        EXPIRED = "expired", "parcel never arrived"
+        ABANDONED = "abandoned", "refund given up"
+
+    TERMINAL_STATES = (State.REFUNDED, State.EXPIRED, State.ABANDONED)
+    OPEN_STATES = (State.AWAITING_PARCEL, State.RECEIVED, State.REFUNDING, State.STUCK)
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="returns")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.RETURN)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.AWAITING_PARCEL)
+    reason = models.TextField()
+    include_shipping = models.BooleanField(default=False)
+    shipping_amount = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    workflow_id = models.CharField(max_length=150, unique=True)
+    # The refund's key at the gateway: starts with the order's workflow id, so the books
+    # (ours, the gateway's, reconciliation's) file it under its order.
+    refund_key = models.CharField(max_length=150, unique=True)
+    # When the parcel must have arrived; the saga gives up waiting then (None: no parcel).
+    deadline = models.DateTimeField(null=True, blank=True)
+    received_source = models.CharField(max_length=20, blank=True)
+    last_error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="return_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"return {self.pk} of {self.order}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in self.OPEN_STATES
+
+
+class ReturnLine(models.Model):
+    """Some of one order line coming back; `sellable` items go back on the shelf."""
+
+    return_request = models.ForeignKey(Return, on_delete=models.CASCADE, related_name="lines")
+    order_line = models.ForeignKey(OrderLine, on_delete=models.PROTECT, related_name="return_lines")
+    quantity = models.PositiveIntegerField()
+    sellable = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="returnline_quantity_positive"),
+            models.UniqueConstraint(fields=["return_request", "order_line"], name="returnline_one_per_line"),
+        ]
+
+    @property
+    def amount(self) -> Decimal:
+        return self.order_line.unit_price * self.quantity

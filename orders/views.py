@@ -15,7 +15,8 @@ def customer_status_view(request, token: str):
     if order is None:
         raise Http404("We can't find an order at this address.")
     status = customer_status_present(customer_order(order))
-    response = render(request, "orders/customer_status.html", {"status": status, "token": token})
+    response = render(request, "orders/customer_status.html", {"status": status, "token": token,
+                                                                 "order_id": order.pk})
     # The link is the key to the page: keep it out of Referer headers, caches and search engines.
     response["Referrer-Policy"] = "no-referrer"
     response["Cache-Control"] = "private, no-store"

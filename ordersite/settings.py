@@ -338,6 +338,13 @@ if SANDBOX_ENABLED and SANDBOX_CARRIER_DELIVERY_SECONDS:
         "options": {"expires": 30},
     }
 
+# --- returns and refunds (orders.services.returns, orders.saga.return_saga) ---------------
+# How long a return waits for its parcel before it closes without a refund.
+RETURN_PARCEL_DEADLINE_SECONDS = env_float("RETURN_PARCEL_DEADLINE_SECONDS", 14 * 24 * 3600)
+# What a return refunds for shipping when staff tick "include shipping" (orders carry no
+# shipping fee of their own yet); never more than was charged (the order's CHECK).
+RETURN_SHIPPING_REFUND_AMOUNT = Decimal(os.environ.get("RETURN_SHIPPING_REFUND_AMOUNT", "4.90"))
+
 # --- HTTPS (deployments: DEBUG off) ---------------------------------------------------------
 # On by default once DEBUG is off, so `manage.py check --deploy` is clean; a local trial over
 # plain http (docker-compose.yml) turns them off explicitly. Behind a TLS-terminating proxy,

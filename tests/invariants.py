@@ -7,7 +7,16 @@ from django.db.models import Count
 
 from django.core import mail
 
-from orders.models import NotificationAttempt, Order, Payment, Product, Reservation, SagaEvent, StockMovement
+from orders.models import (
+    NotificationAttempt,
+    Order,
+    Payment,
+    Product,
+    Reservation,
+    Return,
+    SagaEvent,
+    StockMovement,
+)
 from orders.status import ORDER_STATUS_AFTER_SAGA, TERMINAL_SAGA_STATUSES, OrderStatus
 from sandbox.models import SandboxParcel, SandboxPaymentRecord
 
@@ -26,6 +35,14 @@ def assert_stock_conserved() -> None:
         assert p.sold == k["confirm"] - k["restock"], f"{p}: sold does not match its ledger"
 
 
+def returned_amounts() -> dict[int, Decimal]:
+    """Per order, what its refunded returns (and refunds without a return) gave back."""
+    amounts: dict[int, Decimal] = defaultdict(Decimal)
+    for order_id, amount in Return.objects.filter(state=Return.State.REFUNDED).values_list("order_id", "amount"):
+        amounts[order_id] += amount
+    return amounts
+
+
 def assert_money_balances() -> None:
     for key, count in SandboxPaymentRecord.objects.values_list("idempotency_key").annotate(n=Count("id")):
         assert count == 1, f"gateway booked key {key} {count} times"
@@ -35,8 +52,15 @@ def assert_money_balances() -> None:
         charged = sum((p.amount for p in charges), Decimal(0))
         refunded = sum((p.amount for p in order.payments.all() if p.kind == Payment.Kind.REFUND), Decimal(0))
         assert refunded <= charged, f"{order}: refunded {refunded}, more than the {charged} charged"
+        assert (order.charged_total, order.refunded_total) == (charged, refunded), (
+            f"{order}: its books say charged {order.charged_total}, refunded {order.refunded_total}; "
+            f"the ledger {charged}, {refunded}"
+        )
         if order.status in (OrderStatus.COMPLETED, OrderStatus.DELIVERED):
-            assert charged - refunded == order.total, f"{order}: completed but net {charged - refunded}"
+            returned = returned_amounts()[order.pk]
+            assert charged - refunded == order.total - returned, (
+                f"{order}: completed, {returned} returned, but net {charged - refunded}"
+            )
         elif order.status in (OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.REJECTED):
             assert charged - refunded == 0, f"{order}: {order.status} but net {charged - refunded}"
 
@@ -60,6 +84,7 @@ def assert_ledger_equals_gateway_books() -> None:
             payment.kind, payment.amount, payment.currency, payment.gateway_reference
         ), f"{payment.order}: {key} is {payment.kind} {payment.amount} in our ledger, {booked.kind} {booked.amount} at the gateway"
     net_at_gateway: dict[int, Decimal] = defaultdict(Decimal)
+    returned = returned_amounts()
     for key, booked in books.items():
         order = _order_of_key(key, orders_by_workflow)
         if order is None:
@@ -70,7 +95,9 @@ def assert_ledger_equals_gateway_books() -> None:
         net = net_at_gateway[order.pk]
         assert net >= 0, f"{order}: the gateway refunded more than it charged ({net})"
         if order.status in COMPLETED:
-            assert net == order.total, f"{order}: completed but the gateway holds {net} of {order.total}"
+            assert net == order.total - returned[order.pk], (
+                f"{order}: completed, {returned[order.pk]} returned, but the gateway holds {net} of {order.total}"
+            )
         elif order.status in UNDONE:
             assert net == 0, f"{order}: {order.status} but the gateway holds {net} {order.currency}"
 
@@ -172,6 +199,32 @@ async def assert_no_open_tracker_for_closed_order(client) -> None:
     assert not bad, f"delivery trackers still running for closed orders: {bad}"
 
 
+def assert_returns_consistent() -> None:
+    """Every return is finished, and what it says matches the ledger and the order's books:
+    refunded ones have their refund (their amount, their key), others none; nothing is left
+    pending; stock came back only for refunded returns' sellable lines."""
+    pending: dict[int, Decimal] = defaultdict(Decimal)
+    for ret in Return.objects.select_related("order"):
+        assert ret.state in Return.TERMINAL_STATES, f"{ret}: still {ret.state}"
+        refund = Payment.objects.filter(idempotency_key=ret.refund_key).first()
+        if ret.state == Return.State.REFUNDED:
+            assert refund is not None and refund.amount == ret.amount and refund.kind == Payment.Kind.REFUND, (
+                f"{ret}: refunded, but the ledger holds {refund and refund.amount} under its key"
+            )
+        else:
+            assert refund is None, f"{ret}: {ret.state}, yet refunded {refund.amount}"
+            assert not StockMovement.objects.filter(idempotency_key=f"{ret.order.workflow_id}:r{ret.pk}:restock"
+                                                    ).exists() or ret.state == Return.State.ABANDONED, (
+                f"{ret}: {ret.state}, yet stock came back"
+            )
+        if ret.is_open:
+            pending[ret.order_id] += ret.amount
+    for order in Order.objects.exclude(refund_pending_total=0):
+        assert order.refund_pending_total == pending[order.pk], (
+            f"{order}: {order.refund_pending_total} pending refund, open returns hold {pending[order.pk]}"
+        )
+
+
 def assert_invariants() -> None:
     assert_stock_conserved()
     assert_money_balances()
@@ -181,3 +234,4 @@ def assert_invariants() -> None:
     assert_one_finished_event_per_saga()
     assert_no_email_sent_twice()
     assert_no_tracking_for_settled_parcels()
+    assert_returns_consistent()

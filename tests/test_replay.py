@@ -9,6 +9,8 @@ delivery tracker from before issue 8 (ended by a `delivered` signal).
 v4 (issue 8, patch "tracker-ends") records the tracker's ends: a carrier webhook's delivery,
 a failed delivery then delivered, staff reporting the parcel lost, and an overdue tracker
 that gives up.
+v4 also holds the order saga emailing failed and cancelled customers
+(customer-told-of-outcome) and the return saga's paths (recorded by tests/test_returns.py).
 """
 
 import asyncio
@@ -55,7 +57,8 @@ def test_histories_were_recorded_for_every_path():
     assert {"completed", "compensated", "stuck_retry", "followup_resend", "cancelled",
             "temporal_cancelled", "compensation_stuck_retry", "tracker_delivered_signal",
             "tracker_webhook_delivered", "tracker_failed_then_delivered", "tracker_lost_refund",
-            "tracker_overdue_given_up"} <= names
+            "tracker_overdue_given_up",
+            "return_refunded", "return_expired", "return_stuck_retry"} <= names
 
 
 @pytest.mark.django_db(transaction=True)

@@ -39,6 +39,7 @@ class FramePlan:
     # The buttons that fit, beyond a change of saga status or current step (which is always
     # checked): a follow-up opening or closing, an operator command.
     actions: bool = False
+    returns: bool = False  # the returns section (an event of a return saga)
 
 
 # Which ledger section a step's effect (or its compensation) lands in.
@@ -49,6 +50,12 @@ def frame_plan(kind: str, step: str) -> FramePlan | None:
     """What to re-render for an event; None means the whole page (an event kind this code
     does not know)."""
     ledger = frozenset({LEDGER_OF_STEP[step]}) if step in LEDGER_OF_STEP else frozenset()
+    if step.startswith("return"):
+        # A return saga's event: the timeline's saga-level list and the returns section; its
+        # refund lands in the payments ledger, its restock in the stock one.
+        effects = {"return_refund": "payments", "return_restock": "stock", "return_notify": "notify"}
+        return FramePlan(saga_events=True, returns=True, audit=kind in ("signal", "ignored", "started"),
+                         ledger=frozenset({effects[step]}) if step in effects and kind == "succeeded" else frozenset())
     if not step:
         if kind == "finished":
             # The saga's end: its own event, steps never reached become "not run", a

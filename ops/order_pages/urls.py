@@ -11,6 +11,7 @@ from .views.create import (
 )
 from .views.detail import order_detail_view
 from .views.list import order_list_view
+from .views.returns import refund_open_view, return_command_view, return_open_view, return_received_view
 
 app_name = "orders"
 urlpatterns = [
@@ -20,4 +21,8 @@ urlpatterns = [
     path("new/line/", order_create_line_view, name="create_line"),
     path("<int:pk>/", order_detail_view, name="detail"),
     path("<int:pk>/actions/<str:action>/", order_action_view, name="action"),
+    path("<int:pk>/returns/", return_open_view, name="return_open"),
+    path("<int:pk>/returns/received/", return_received_view, name="return_received"),
+    path("<int:pk>/returns/<int:return_id>/<str:action>/", return_command_view, name="return_command"),
+    path("<int:pk>/refunds/", refund_open_view, name="refund_open"),
 ]

@@ -6,7 +6,7 @@ from django import template
 from django.utils import timezone
 
 from orders.models import SagaEvent
-from orders.saga.shared import STEP_LABELS, StepName
+from orders.saga.shared import RETURN_STEP_LABELS, STEP_LABELS, StepName
 from orders.status import STUCK_SAGA_STATUSES, SagaStatus
 
 register = template.Library()
@@ -44,6 +44,15 @@ def track_label(track) -> str:
     if track.compensation:
         return COMPENSATION_LABELS.get(track.step, f"Undo {track.step}")
     return STEP_LABEL_BY_VALUE.get(track.step, track.step)
+
+
+RETURN_STEP_LABEL_BY_VALUE = {s.value: label for s, label in RETURN_STEP_LABELS.items()}
+
+
+@register.filter
+def return_step_label(step: str) -> str:
+    """A return saga's step (its events are in the saga-level list): named there; "" otherwise."""
+    return RETURN_STEP_LABEL_BY_VALUE.get(step, "")
 
 
 @register.filter

@@ -41,6 +41,7 @@ from .shared import (
     DeliveryFollowUp,
     DeliveryNotice,
     DeliveryStatus,
+    OutcomeNotice,
     SagaTransition,
     StepInput,
     StepResult,
@@ -315,6 +316,21 @@ def cancel_shipment(inp: StepInput) -> StepResult:
 def notify_customer(inp: StepInput) -> StepResult:
     return _recorded(inp, lambda attempt: notifications.customer_notify(
         order_id=inp.order_id, idempotency_key=inp.idempotency_key, attempt=attempt), heartbeat=_Heartbeat())
+
+
+@_activity("notify_outcome", queue=ORDERS_QUEUE_ACTIVITIES)
+def notify_outcome(notice: OutcomeNotice) -> str:
+    """The customer hears that their order failed or was cancelled (orders.saga.order_saga,
+    behind PATCH_OUTCOME_TOLD). A failed attempt is in the notification ledger."""
+    close_old_connections()
+    try:
+        return notifications.customer_outcome_notify(
+            order_id=notice.order_id, outcome=notice.outcome, idempotency_key=notice.idempotency_key,
+            attempt=activity.info().attempt)
+    except OrderError as exc:
+        raise ApplicationError(str(exc), type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN) from exc
+    finally:
+        close_old_connections()
 
 
 # --- bookkeeping (local activities) -------------------------------------------------

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         DeliveryInput,
         EventKind,
         OperatorCommand,
+        OutcomeNotice,
         OperatorCommandName,
         SagaInput,
         SagaState,
@@ -77,6 +78,12 @@ PATCH_TRACKER_ID = "tracker-id-from-saga-id"
 # attempts were unbounded), so the old branch is a plain raise and may go at any time.
 PATCH_BOOKKEEPING_BOUNDED = "bookkeeping-bounded"
 BOOKKEEPING_FAILING = "bookkeeping_failing"  # SagaStatus search attribute value meanwhile
+# v4 (issue 8). A saga that ends failed, rejected or cancelled tells the customer (once, after
+# its compensations, saying what was refunded). Asked where the saga ends, so a saga running
+# from before the deploy emails too if it ends after; the old branch (no email) may go once
+# no saga started before v4 can still be compensating.
+PATCH_OUTCOME_TOLD = "customer-told-of-outcome"
+OUTCOME_EMAILS = {SagaState.COMPENSATED: "failed", SagaState.REJECTED: "failed", SagaState.CANCELLED: "cancelled"}
 
 FORWARD_STEPS = [StepName.VALIDATE, StepName.RESERVE, StepName.CHARGE, StepName.CONFIRM, StepName.SHIP]
 STEP_ACTIVITIES = {
@@ -509,8 +516,24 @@ class OrderSagaWorkflow:
         failed = await self._run_compensations(list(reversed(to_undo)), bounded=bounded)
         while failed:
             failed = await self._wait_while_compensation_stuck(failed)
+        if outcome in OUTCOME_EMAILS and workflow.patched(PATCH_OUTCOME_TOLD):
+            await self._tell_outcome(outcome)
         await self._finish(outcome, reason)
         return outcome
+
+    async def _tell_outcome(self, outcome: SagaState) -> None:
+        """Email the customer how the order ended. Nothing rolls back on a failure: the
+        failed attempts are in the notification ledger for staff."""
+        notice = OutcomeNotice(order_id=self._input.order_id, outcome=OUTCOME_EMAILS[outcome],
+                               idempotency_key=self._key(StepName.NOTIFY))
+        try:
+            await workflow.execute_activity(
+                activities.notify_outcome, notice, start_to_close_timeout=STEP_POLICIES[StepName.NOTIFY].start_to_close,
+                retry_policy=step_retry_policy(StepName.NOTIFY, self._input.retry),
+            )
+        except STEP_ERRORS as err:
+            workflow.logger.warning("could not tell the customer of order %s: %s", self._input.order_id,
+                                    _failure_message(err))
 
     async def _run_compensations(self, steps: list[StepName], *, bounded: bool) -> list[tuple[StepName, str]]:
         """Run each compensation; returns those that could not complete, with why. Every one

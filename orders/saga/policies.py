@@ -41,6 +41,19 @@ STEP_POLICIES: dict[StepName, StepPolicy] = {
     StepName.NOTIFY: StepPolicy(max_attempts=3, start_to_close=timedelta(seconds=30), heartbeat=HEARTBEAT_TIMEOUT),
 }
 
+# The return saga's steps that act (orders.saga.return_saga). The refund goes stuck after
+# its attempts, like a charge; the restock only touches our database.
+RETURN_RESTOCK_POLICY = StepPolicy(max_attempts=5, start_to_close=timedelta(seconds=10), local=True)
+RETURN_REFUND_POLICY = StepPolicy(max_attempts=3, start_to_close=timedelta(seconds=30))
+RETURN_NOTIFY_POLICY = StepPolicy(max_attempts=3, start_to_close=timedelta(seconds=30))
+
+
+def return_step_retry_policy(policy: StepPolicy, retry: RetrySettings) -> RetryPolicy:
+    initial = timedelta(seconds=retry.initial_interval_seconds)
+    return RetryPolicy(initial_interval=initial, backoff_coefficient=2.0, maximum_interval=initial * 20,
+                       maximum_attempts=policy.max_attempts, non_retryable_error_types=NON_RETRYABLE_ERRORS)
+
+
 # An attempt lost to a worker crash (heartbeat or start-to-close timeout) is not the
 # gateway's failure: when a step's last attempt was lost, the saga runs the step again,
 # this many times, before it calls the step stuck. Attempts that failed because our own

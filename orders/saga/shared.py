@@ -131,6 +131,16 @@ class StepInput:
 
 
 @dataclass
+class OutcomeNotice:
+    """Tell the customer how a saga that did not complete ended ("failed" or "cancelled")."""
+
+    order_id: int
+    outcome: str
+    # The notify step's key (`<workflow id>:notify`); the message's is `<that>:<outcome>`.
+    idempotency_key: str
+
+
+@dataclass
 class StepResult:
     detail: str = ""
 
@@ -242,3 +252,79 @@ class DeliveryNotice:
 
     order_id: int
     outcome: str  # "shipped" or "delivered"
+
+
+# --- returns (orders.saga.return_saga) ------------------------------------------------
+
+
+class ReturnStep(str, Enum):
+    """The return saga's steps, as SagaEvent.step values on the order's timeline. Not
+    StepName members: the order saga's step tracks stay its own; these show as the
+    timeline's saga-level events."""
+
+    RETURN = "return"  # the return as a whole: opened, signals, stuck, finished
+    PARCEL = "return_parcel"
+    RESTOCK = "return_restock"
+    REFUND = "return_refund"
+    NOTIFY = "return_notify"
+
+
+RETURN_STEP_LABELS = {
+    ReturnStep.RETURN: "Return",
+    ReturnStep.PARCEL: "Returned parcel",
+    ReturnStep.RESTOCK: "Restock returned items",
+    ReturnStep.REFUND: "Refund",
+    ReturnStep.NOTIFY: "Tell the customer (refund)",
+}
+
+
+class ReturnCommandName(str, Enum):
+    RETRY = "return_retry"  # run the stuck refund again
+    ABANDON = "return_abandon"  # give the refund up: the return ends without one
+
+
+def return_workflow_id(saga_workflow_id: str, return_pk: int) -> str:
+    """`order-42-k3Xf...` and return 7 -> `return-42-k3Xf...-r7`: derived from the return, and
+    carrying the order's random part like every id and key of the order."""
+    return f"return-{saga_workflow_id.removeprefix('order-')}-r{return_pk}"
+
+
+@dataclass
+class ReturnInput:
+    return_id: int
+    order_id: int
+    payments_task_queue: str
+    # None: a refund without a return (goodwill): nothing to wait for, nothing to restock.
+    parcel_deadline_seconds: float | None
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+
+@dataclass
+class ReturnStepInput:
+    return_id: int
+    step: str  # a ReturnStep value
+    attempt_offset: int = 0
+
+
+@dataclass
+class ReturnTransition:
+    """A return-level fact for the read model (an event on the order's timeline and the
+    return's state), like SagaTransition for the order saga."""
+
+    return_id: int
+    kind: str  # an EventKind value
+    step: str = ReturnStep.RETURN.value
+    detail: str = ""
+    return_state: str = ""  # a Return.State value, or "" to leave it
+    action_id: int | None = None
+    action_outcome: str = ""
+    key: str = ""
+    source: str = ""  # who reported the parcel back (carrier, staff), with return_state received
+
+
+@dataclass
+class ParcelReceived:
+    """The returned parcel is back: the carrier's `returned` event, or staff."""
+
+    source: str = "carrier"
+    action_id: int | None = None

@@ -22,13 +22,15 @@ from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
 from .delivery_tracker import DeliveryTrackingWorkflow
 from .log_context import ActivityLogContext
 from .order_saga import OrderSagaWorkflow
+from .return_activities import ORDERS_QUEUE_ACTIVITIES as _with_return_activities  # noqa: F401 (registers them)
+from .return_saga import ReturnSagaWorkflow
 
 # On SIGTERM, running activities get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 
 logger = logging.getLogger(__name__)
 
-WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow]
+WORKFLOWS = [OrderSagaWorkflow, DeliveryTrackingWorkflow, ReturnSagaWorkflow]
 
 
 def workflow_runner(sandboxed: bool | None = None) -> WorkflowRunner:
@@ -94,6 +96,7 @@ def import_at_start() -> None:
     broadcast.publisher_start()
     adapters.payment_gateway(), adapters.shipping_carrier(), adapters.customer_notifier()
     mail.get_connection(), get_template("orders/email/order_confirmed.txt")
+    get_template("orders/email/return_refunded.txt"), get_template("orders/email/order_outcome.txt")
 
 
 def build_workers(

@@ -74,6 +74,71 @@ def customer_notify(*, order_id: int, idempotency_key: str, attempt: int) -> str
     return detail
 
 
+def customer_message_send(*, order_id: int, key: str, attempt: int, subject: str, template: str,
+                          context: dict, step: str | None) -> str:
+    """Send one message to the order's customer, once per `key` (a saga, step and outcome),
+    the way customer_notify sends the confirmation: our ledger, then the notifier's book,
+    then a send; the success and its event (on `step`; none when None) commit together. Raises
+    NotificationFailed (recorded as a failed attempt). Locks: the order row (for the success).
+    """
+    if NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+        return "already emailed"
+    order = Order.objects.get(pk=order_id)
+    notifier = customer_notifier()
+    detail = f"Emailed {order.customer_email}: {subject}"
+    if notifier.sent_lookup(key):
+        detail += " (sent by an earlier attempt)"
+    else:
+        body = render_to_string(template, {"order": order, "status_url": order_status_url(order), **context})
+        try:
+            notifier.send(Notification(order_id=order.pk, to=order.customer_email, subject=subject, body=body,
+                                       idempotency_key=key))
+        except NotificationFailed as exc:
+            NotificationAttempt.objects.create(
+                order=order, succeeded=False, error=str(exc), attempt=attempt, idempotency_key=key
+            )
+            raise
+    try:
+        with transaction.atomic():
+            order = lock_order(order_id)
+            NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt, idempotency_key=key)
+            if step is not None:
+                saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step=step, detail=detail, attempt=attempt,
+                                  key=f"{key}:sent")
+    except IntegrityError:
+        if not NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
+            raise
+        return "already emailed"
+    return detail
+
+
+OUTCOME_SUBJECTS = {
+    "failed": "We couldn't complete your order {number}",
+    "cancelled": "Your order {number} has been cancelled",
+}
+
+
+def customer_outcome_notify(*, order_id: int, outcome: str, idempotency_key: str, attempt: int) -> str:
+    """Tell the customer their order did not go through ("failed") or was cancelled, and
+    what became of their money, once per outcome. Sent after the compensations, so the
+    refund it names is in our ledger. No saga event: the order's timeline ends as it did;
+    the notification ledger shows the message. Raises NotificationFailed.
+    """
+    from ..models import Payment
+
+    order = Order.objects.get(pk=order_id)
+    amounts = {kind: sum(order.payments.filter(kind=kind).values_list("amount", flat=True), start=0)
+               for kind in (Payment.Kind.CHARGE, Payment.Kind.REFUND)}
+    return customer_message_send(
+        order_id=order_id, key=notification_key(idempotency_key, outcome), attempt=attempt,
+        subject=OUTCOME_SUBJECTS[outcome].format(number=order.number),
+        template="orders/email/order_outcome.txt",
+        context={"outcome": outcome, "charged": amounts[Payment.Kind.CHARGE],
+                 "refunded": amounts[Payment.Kind.REFUND], "lines": order.lines.select_related("product")},
+        step=None,
+    )
+
+
 def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | None:
     """Put the order on the follow-up queue (at most one open item per order).
 

@@ -10,6 +10,7 @@ follows the gateway's books, never our guess.
 
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from ..adapters import payment_gateway
 from ..adapters.base import ChargeRequest, RefundRequest, lookup_after_failure
@@ -29,6 +30,11 @@ def _record(order_id: int, *, kind: str, key: str, amount, currency: str, refere
                 order=order, kind=kind, amount=amount, currency=currency,
                 idempotency_key=key, gateway_reference=reference,
             )
+            # The order's books (charged, refunded) move with the ledger; refunds of returns
+            # keep them in orders.services.returns.
+            books = {"charged_total": F("charged_total") + amount} if kind == Payment.Kind.CHARGE \
+                else {"refunded_total": F("refunded_total") + amount}
+            Order.objects.filter(pk=order.pk).update(**books)
             saga_event_record(order, kind=event_kind, step="charge", detail=detail, attempt=attempt)
     except IntegrityError:
         # Another attempt recorded this key first: the money moved once, which is the point.
