@@ -29,9 +29,23 @@ def env_float(name: str, default: float) -> float:
     return default if value in (None, "") else float(value)
 
 
+# Which kind of process this is. Production is the default, so a deployment that forgets to
+# say anything gets DEBUG off and every check below; `make run` (scripts/run_dev.py) says
+# development, tests/settings.py says test, and the bench scripts say what they need.
+DJANGO_ENVS = ("production", "development", "test")
+DJANGO_ENV = os.environ.get("DJANGO_ENV", "").strip().lower() or "production"
+if DJANGO_ENV not in DJANGO_ENVS:
+    raise ImproperlyConfigured(f"DJANGO_ENV={DJANGO_ENV!r}: choose one of {', '.join(DJANGO_ENVS)} (production if unset).")
+
 _DEV_SECRET_KEY = "dev-only-insecure-key-change-me"
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
-DEBUG = env_bool("DEBUG", True)
+DEBUG = env_bool("DEBUG", DJANGO_ENV != "production")
+if DEBUG and DJANGO_ENV == "production":
+    # Tracebacks with settings and local variables to anyone who finds an error page.
+    raise ImproperlyConfigured(
+        "DEBUG is on with DJANGO_ENV=production (the default): unset DEBUG, or set "
+        "DJANGO_ENV=development on a developer's machine."
+    )
 if not DEBUG and (len(SECRET_KEY) < 50 or "insecure" in SECRET_KEY):
     # Sessions, password resets and signed tokens rest on it: a known or guessable key is
     # a skeleton key to every staff account.
