@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # ws extension reconnects, so a refused page does not retry forever.
 CLOSE_FORBIDDEN = 4403  # signed out, or not staff
 CLOSE_NOT_FOUND = 4404
+# The access check itself failed (the database away): a code on which htmx reconnects, and
+# the reconnect asks again from scratch.
+CLOSE_CHECK_FAILED = 1011
 
 # Saga events come in bursts (a saga records several within milliseconds, and a bulk
 # retry wakes hundreds of sagas at once). Pages whose render is costly for every event
@@ -149,9 +152,20 @@ shared_renders = SharedRenders()
 # --- the base consumer ------------------------------------------------------------------
 
 
+# Sockets whose answer to "may this socket still be open?" (LiveConsumer.still_allowed) is
+# the same share one read per this many seconds, per process.
+access_checks = SharedRenders(ttl=1.0)
+
+
 class LiveConsumer(AsyncWebsocketConsumer):
     """The base of every live page's socket: read-only, refuses with a close code, sends
     what a render returns, and can coalesce a burst of events into one render.
+
+    An open socket follows the access it was opened with (still_allowed): asked before an
+    outgoing frame when the last answer is more than a second old, and every
+    settings.SOCKET_ACCESS_CHECK_SECONDS while the socket is quiet. Once the answer is no
+    (signed out, deactivated, a permission lost, the session expired), the socket is closed
+    with 4403 and sends nothing more.
 
     Channels closes stale connections of its shared sync thread before every handler, one
     thread hop per message: per socket per saga event here, which measured more than the
@@ -163,6 +177,73 @@ class LiveConsumer(AsyncWebsocketConsumer):
     groups: list[str] = []  # joined in connect (join), after any permission check
     _coalesce_since: float | None = None
     _coalesce_task: asyncio.Task | None = None
+    _refusing = False
+    _access_closed = False  # closed for access: nothing is sent after that
+    _access_checked_at = float("-inf")
+    _access_watch: asyncio.Task | None = None
+
+    # --- following access --------------------------------------------------------------------
+
+    async def still_allowed(self) -> bool:
+        """May this socket stay open? Asked again and again while it is: keep it cheap (a
+        few indexed reads, shared through access_checks)."""
+        return True
+
+    def access_checked(self) -> None:
+        """The consumer has just checked access itself (its connect): no need to ask again yet."""
+        self._access_checked_at = time.monotonic()
+
+    async def access_recheck(self) -> bool:
+        """Ask still_allowed now; close with 4403 when the answer is no. Returns whether open."""
+        if self._access_closed:
+            return False
+        self._access_checked_at = time.monotonic()
+        try:
+            allowed = await self.still_allowed()
+        except Exception:
+            logger.exception("could not check the access of a socket on %s; closing it", self.scope.get("path"))
+            await self.access_close(CLOSE_CHECK_FAILED)
+            return False
+        if not allowed:
+            await self.access_close(CLOSE_FORBIDDEN)
+        return allowed
+
+    async def access_close(self, code: int = CLOSE_FORBIDDEN) -> None:
+        if self._access_closed:
+            return
+        self._access_closed = True
+        if self._coalesce_task is not None:
+            self._coalesce_task.cancel()
+        # Leave the groups now: no message need reach a socket that may send nothing more.
+        for group in self.groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.warning("could not leave %s", group, exc_info=True)
+        await self.close(code=code)
+
+    async def _watch_access(self) -> None:
+        from django.conf import settings
+
+        interval = settings.SOCKET_ACCESS_CHECK_SECONDS
+        while not self._access_closed:
+            await asyncio.sleep(max(0.0, self._access_checked_at + interval - time.monotonic()))
+            if time.monotonic() - self._access_checked_at >= interval and not await self.access_recheck():
+                return
+
+    async def accept(self, subprotocol=None, headers=None):
+        await super().accept(subprotocol, headers)
+        if not self._refusing and self._access_watch is None:
+            self._access_watch = asyncio.ensure_future(self._watch_access())
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        if self._access_closed:
+            return
+        if time.monotonic() - self._access_checked_at >= access_checks.ttl and not await self.access_recheck():
+            return
+        await super().send(text_data, bytes_data, close)
+
+    # --- the rest -----------------------------------------------------------------------------
 
     async def dispatch(self, message):
         handler = getattr(self, get_handler_name(message), None)
@@ -173,6 +254,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def refuse(self, code: int) -> None:
         # Accept, then close with a code: a refused handshake reaches the browser as 1006,
         # on which the ws extension would keep reconnecting.
+        self._refusing = True
         await self.accept()
         await self.close(code=code)
 
@@ -181,14 +263,17 @@ class LiveConsumer(AsyncWebsocketConsumer):
         # the render or announced afterwards, never lost.
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
-        self.groups = list(groups)
+        self.groups = [*self.groups, *groups]
 
     async def receive(self, text_data=None, bytes_data=None):
         return  # the pages send nothing the server needs
 
     async def disconnect(self, code):
+        self._access_closed = True
         if self._coalesce_task is not None:
             self._coalesce_task.cancel()
+        if self._access_watch is not None:
+            self._access_watch.cancel()
 
     async def send_safely(self, render: Callable[[], Awaitable[str]]) -> None:
         """Send what `render()` returns; a failed render is logged and the socket stays open."""

@@ -172,6 +172,9 @@ CHANNEL_LAYERS = {
 # oldest (counted and logged at most every BROADCAST_DROP_LOG_SECONDS).
 BROADCAST_QUEUE_MAX = int(os.environ.get("BROADCAST_QUEUE_MAX", "10000"))
 BROADCAST_DROP_LOG_SECONDS = env_float("BROADCAST_DROP_LOG_SECONDS", 10)
+# An open socket asks at least this often whether its session and permissions still hold
+# (orders.live.LiveConsumer); sign-outs and changes to a user close theirs at once anyway.
+SOCKET_ACCESS_CHECK_SECONDS = env_float("SOCKET_ACCESS_CHECK_SECONDS", 2)
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
