@@ -51,8 +51,9 @@ if not DEBUG and (len(SECRET_KEY) < 50 or "insecure" in SECRET_KEY):
     # Sessions, password resets and signed tokens rest on it: a known or guessable key is
     # a skeleton key to every staff account.
     raise ImproperlyConfigured(
-        "DEBUG is off, so SECRET_KEY must be set to a long random value of your own (50+ characters; "
-        "not a default): python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+        f"DEBUG is off (DJANGO_ENV={DJANGO_ENV}), so SECRET_KEY must be set to a long random value of your own "
+        "(50+ characters; not a default): python -c 'import secrets; print(secrets.token_urlsafe(50))'. "
+        "On a developer's machine set DJANGO_ENV=development instead (make run does)."
     )
 SECRET_KEY = SECRET_KEY or _DEV_SECRET_KEY
 # The sandbox app (sandbox/): a fake payment gateway, carrier and mailer with their books,

@@ -31,7 +31,7 @@ def test_production_is_the_default_and_refuses_debug(tmp_path):
     env = {k: v for k, v in PRODUCTION.items() if k != "DEBUG"}
     result = _manage(tmp_path, "check", SECRET_KEY="", **env)
     assert result.returncode != 0
-    assert "DEBUG is off, so SECRET_KEY must be set" in result.stderr
+    assert "DEBUG is off (DJANGO_ENV=production), so SECRET_KEY must be set" in result.stderr
 
     result = _manage(tmp_path, "check", **{**PRODUCTION, "DEBUG": "1"})
     assert result.returncode != 0
