@@ -181,6 +181,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     _access_closed = False  # closed for access: nothing is sent after that
     _access_checked_at = float("-inf")
     _access_watch: asyncio.Task | None = None
+    _access_pending: asyncio.Task | None = None
 
     # --- following access --------------------------------------------------------------------
 
@@ -194,10 +195,21 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._access_checked_at = time.monotonic()
 
     async def access_recheck(self) -> bool:
-        """Ask still_allowed now; close with 4403 when the answer is no. Returns whether open."""
+        """Ask still_allowed now; close with 4403 when the answer is no. Returns whether open.
+        A frame and the periodic check asking at once share one question: neither goes on
+        before the answer is in."""
         if self._access_closed:
             return False
-        self._access_checked_at = time.monotonic()
+        if self._access_pending is None:
+            self._access_pending = asyncio.ensure_future(self._access_ask())
+        try:
+            return await asyncio.shield(self._access_pending)
+        finally:
+            if self._access_pending is not None and self._access_pending.done():
+                self._access_pending = None
+
+    async def _access_ask(self) -> bool:
+        asked_at = time.monotonic()
         try:
             allowed = await self.still_allowed()
         except Exception:
@@ -206,7 +218,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return False
         if not allowed:
             await self.access_close(CLOSE_FORBIDDEN)
-        return allowed
+            return False
+        self._access_checked_at = asked_at  # when the answer was read, not when it came back
+        return True
 
     async def access_close(self, code: int = CLOSE_FORBIDDEN) -> None:
         if self._access_closed:
