@@ -157,33 +157,21 @@ shared_renders = SharedRenders()
 access_checks = SharedRenders(ttl=1.0)
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
-    """The base of every live page's socket: read-only, refuses with a close code, sends
-    what a render returns, and can coalesce a burst of events into one render.
-
-    An open socket follows the access it was opened with (still_allowed): asked before an
+class AccessFollowingConsumer(AsyncWebsocketConsumer):
+    """A socket that follows the access it was opened with (still_allowed): asked before an
     outgoing frame when the last answer is more than a second old, and every
     settings.SOCKET_ACCESS_CHECK_SECONDS while the socket is quiet. Once the answer is no
     (signed out, deactivated, a permission lost, the session expired), the socket is closed
     with 4403 and sends nothing more.
 
-    Channels closes stale connections of its shared sync thread before every handler, one
-    thread hop per message: per socket per saga event here, which measured more than the
-    socket's share of the render. These consumers never use that thread's connection (their
-    reads go through database_read, or database_sync_to_async, which closes its own), so
-    the hop is skipped.
+    A class of its own under LiveConsumer, so that LiveConsumer's own accept/send/close
+    (metrics, say) reach these through super().
     """
 
-    groups: list[str] = []  # joined in connect (join), after any permission check
-    _coalesce_since: float | None = None
-    _coalesce_task: asyncio.Task | None = None
-    _refusing = False
-    _access_closed = False  # closed for access: nothing is sent after that
+    _access_closed = False  # closed (for access or otherwise): nothing is sent after that
     _access_checked_at = float("-inf")
     _access_watch: asyncio.Task | None = None
     _access_pending: asyncio.Task | None = None
-
-    # --- following access --------------------------------------------------------------------
 
     async def still_allowed(self) -> bool:
         """May this socket stay open? Asked again and again while it is: keep it cheap (a
@@ -226,15 +214,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if self._access_closed:
             return
         self._access_closed = True
-        if self._coalesce_task is not None:
-            self._coalesce_task.cancel()
         # Leave the groups now: no message need reach a socket that may send nothing more.
         for group in self.groups:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:
                 logger.warning("could not leave %s", group, exc_info=True)
-        await self.close(code=code)
+        await super().close(code=code)
 
     async def _watch_access(self) -> None:
         from django.conf import settings
@@ -242,12 +228,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
         interval = settings.SOCKET_ACCESS_CHECK_SECONDS
         while not self._access_closed:
             await asyncio.sleep(max(0.0, self._access_checked_at + interval - time.monotonic()))
+            if self._access_closed:
+                return
             if time.monotonic() - self._access_checked_at >= interval and not await self.access_recheck():
                 return
 
     async def accept(self, subprotocol=None, headers=None):
         await super().accept(subprotocol, headers)
-        if not self._refusing and self._access_watch is None:
+        if self._access_watch is None:
             self._access_watch = asyncio.ensure_future(self._watch_access())
 
     async def send(self, text_data=None, bytes_data=None, close=False):
@@ -257,7 +245,33 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         await super().send(text_data, bytes_data, close)
 
-    # --- the rest -----------------------------------------------------------------------------
+    async def close(self, code=None, reason=None):
+        # Any close (a refusal right after accept included) ends the checks and the frames.
+        self._access_closed = True
+        await super().close(code=code, reason=reason)
+
+    async def websocket_disconnect(self, message):
+        self._access_closed = True
+        if self._access_watch is not None:
+            self._access_watch.cancel()
+        await super().websocket_disconnect(message)
+
+
+class LiveConsumer(AccessFollowingConsumer):
+    """The base of every live page's socket: read-only, refuses with a close code, sends
+    what a render returns, and can coalesce a burst of events into one render. It follows
+    the access it was opened with (AccessFollowingConsumer).
+
+    Channels closes stale connections of its shared sync thread before every handler, one
+    thread hop per message: per socket per saga event here, which measured more than the
+    socket's share of the render. These consumers never use that thread's connection (their
+    reads go through database_read, or database_sync_to_async, which closes its own), so
+    the hop is skipped.
+    """
+
+    groups: list[str] = []  # joined in connect (join), after any permission check
+    _coalesce_since: float | None = None
+    _coalesce_task: asyncio.Task | None = None
 
     async def dispatch(self, message):
         handler = getattr(self, get_handler_name(message), None)
@@ -268,7 +282,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def refuse(self, code: int) -> None:
         # Accept, then close with a code: a refused handshake reaches the browser as 1006,
         # on which the ws extension would keep reconnecting.
-        self._refusing = True
         await self.accept()
         await self.close(code=code)
 
@@ -283,11 +296,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         return  # the pages send nothing the server needs
 
     async def disconnect(self, code):
-        self._access_closed = True
         if self._coalesce_task is not None:
             self._coalesce_task.cancel()
-        if self._access_watch is not None:
-            self._access_watch.cancel()
 
     async def send_safely(self, render: Callable[[], Awaitable[str]]) -> None:
         """Send what `render()` returns; a failed render is logged and the socket stays open."""
