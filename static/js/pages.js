@@ -12,13 +12,13 @@
     });
   });
 
-  // data-swap-errors="403 400": htmx swaps these error answers in (they carry the message
-  // for the user) instead of dropping them.
+  // data-swap-errors="403 400" (no value: 400 and 403): htmx swaps these error answers in
+  // (they carry the message for the user) instead of dropping them.
   document.addEventListener("htmx:beforeSwap", function (event) {
     var holder = event.target && event.target.closest && event.target.closest("[data-swap-errors]");
     if (!holder) holder = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("[data-swap-errors]");
     if (!holder) return;
-    var codes = holder.getAttribute("data-swap-errors").split(/\s+/);
+    var codes = (holder.getAttribute("data-swap-errors") || "400 403").split(/\s+/);
     if (codes.indexOf(String(event.detail.xhr.status)) !== -1) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
