@@ -15,6 +15,10 @@
 #   make lock     recompile requirements*.txt from requirements*.in (after editing those;
 #                 LOCK_ARGS=--upgrade bumps every pin, LOCK_ARGS="--upgrade-package X" one)
 
+# These are developer entry points: manage.py and the bench scripts run as development
+# (DEBUG, the sandbox) unless told otherwise; the settings' own default is production.
+export DJANGO_ENV ?= development
+
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -130,6 +130,7 @@ def setup_django(scratch: Path) -> None:
     if not os.environ.get("DATABASE_URL"):
         os.environ["ORDERSITE_VAR_DIR"] = str(scratch)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+    os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     sys.path.insert(0, str(ROOT))
     import django
@@ -259,6 +260,7 @@ def main() -> int:
 
     order_ids, cookie = prepare(args.orders, id_base=random.randrange(10**7, 9 * 10**7))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DEBUG": "1" if args.debug else "0",
+           "DJANGO_ENV": "development" if args.debug else "production",
            # As deployed, but over plain http on loopback.
            "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50), "SECURE_SSL_REDIRECT": "0",
            "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0"}

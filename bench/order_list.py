@@ -28,6 +28,7 @@ def setup_django() -> None:
     if not os.environ.get("DATABASE_URL"):
         os.environ.setdefault("ORDERSITE_VAR_DIR", tempfile.mkdtemp(prefix="order-list-bench-"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+    os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
 

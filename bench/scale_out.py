@@ -165,6 +165,7 @@ def setup(args, temporal_address: str, suffix: str) -> dict:
         "PAYMENTS_TASK_QUEUE": f"payments-{suffix}",
         # As deployed, but over plain http on loopback, with the sandbox standing in for the
         # gateway, carrier and mailer (no fault injection).
+        "DJANGO_ENV": "production",
         "DEBUG": "0",
         "SANDBOX_ENABLED": "1",
         "SANDBOX_FAULTS_ENABLED": "0",

@@ -262,6 +262,7 @@ def main(argv=None) -> None:
 
     os.environ["DATABASE_URL"] = database_create(args.admin_url, BENCH_DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+    os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     from tests.temporal_server import DevServer
 

@@ -10,3 +10,7 @@ class OpsConfig(AppConfig):
         from .metrics import celery_signals_connect
 
         celery_signals_connect()
+
+        from . import signals
+
+        signals.connect()

@@ -26,18 +26,27 @@ def can_create_orders(user) -> bool:
     return bool(user.is_authenticated and any(user.has_perm(p) for p in CREATE_ORDER_PERMISSIONS))
 
 
-def staff_required(permission: str = VIEW_ORDERS):
-    """Anonymous users go to the login page; signed-in users without the permission get 403."""
+def staff_required(*permissions: str, message: str = "You do not have permission to do that."):
+    """Anonymous users go to the login page; signed-in users who are not active staff
+    (VIEW_ORDERS), or hold none of `permissions` (any one will do; VIEW_ORDERS if none are
+    named), get 403 with `message`.
+
+    The wrapper carries `required_permissions`: tests/test_access_matrix.py reads it to know
+    who may open each URL, so every staff view must use this decorator.
+    """
+    required = permissions or (VIEW_ORDERS,)
 
     def decorator(view):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
-            if not (request.user.is_active and request.user.has_perm(VIEW_ORDERS) and request.user.has_perm(permission)):
-                raise PermissionDenied("You do not have permission to do that.")
+            user = request.user
+            if not (user.is_active and user.has_perm(VIEW_ORDERS) and any(user.has_perm(p) for p in required)):
+                raise PermissionDenied(message)
             return view(request, *args, **kwargs)
 
+        wrapper.required_permissions = required
         return wrapper
 
     return decorator

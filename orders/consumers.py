@@ -3,7 +3,7 @@
 from django.template.loader import render_to_string
 
 from .broadcast import order_group
-from .live import CLOSE_NOT_FOUND, LiveConsumer, database_read, shared_renders
+from .live import CLOSE_NOT_FOUND, LiveConsumer, access_checks, database_read, shared_renders
 from .models import Order
 from .presenters import customer_status_present
 from .selectors.customer import customer_order, order_by_public_token
@@ -32,9 +32,15 @@ class CustomerStatusConsumer(LiveConsumer):
         if self.order_id is None:
             await self.refuse(CLOSE_NOT_FOUND)
             return
+        self.access_checked()
         await self.join(order_group(self.order_id))
         await self.accept()
         await self.send_safely(lambda: database_read(render_customer, self.order_id))
+
+    async def still_allowed(self) -> bool:
+        # The token is the key: it must still open this order (an order erased, say, closes it).
+        token = self.scope["url_route"]["kwargs"]["token"]
+        return await access_checks.get(("customer", token), customer_order_id, token) == self.order_id
 
     async def saga_event(self, message):
         event_id = message["event"]["id"]

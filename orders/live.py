@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 # ws extension reconnects, so a refused page does not retry forever.
 CLOSE_FORBIDDEN = 4403  # signed out, or not staff
 CLOSE_NOT_FOUND = 4404
+# The access check itself failed (the database away): a code on which htmx reconnects, and
+# the reconnect asks again from scratch.
+CLOSE_CHECK_FAILED = 1011
 
 # Saga events come in bursts (a saga records several within milliseconds, and a bulk
 # retry wakes hundreds of sagas at once). Pages whose render is costly for every event
@@ -151,9 +154,115 @@ shared_renders = SharedRenders()
 # --- the base consumer ------------------------------------------------------------------
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
+# Sockets whose answer to "may this socket still be open?" (LiveConsumer.still_allowed) is
+# the same share one read per this many seconds, per process.
+access_checks = SharedRenders(ttl=1.0)
+
+
+class AccessFollowingConsumer(AsyncWebsocketConsumer):
+    """A socket that follows the access it was opened with (still_allowed): asked before an
+    outgoing frame when the last answer is more than a second old, and every
+    settings.SOCKET_ACCESS_CHECK_SECONDS while the socket is quiet. Once the answer is no
+    (signed out, deactivated, a permission lost, the session expired), the socket is closed
+    with 4403 and sends nothing more.
+
+    A class of its own under LiveConsumer, so that LiveConsumer's own accept/send/close
+    (metrics, say) reach these through super().
+    """
+
+    _access_closed = False  # closed (for access or otherwise): nothing is sent after that
+    _access_checked_at = float("-inf")
+    _access_watch: asyncio.Task | None = None
+    _access_pending: asyncio.Task | None = None
+
+    async def still_allowed(self) -> bool:
+        """May this socket stay open? Asked again and again while it is: keep it cheap (a
+        few indexed reads, shared through access_checks)."""
+        return True
+
+    def access_checked(self) -> None:
+        """The consumer has just checked access itself (its connect): no need to ask again yet."""
+        self._access_checked_at = time.monotonic()
+
+    async def access_recheck(self) -> bool:
+        """Ask still_allowed now; close with 4403 when the answer is no. Returns whether open.
+        A frame and the periodic check asking at once share one question: neither goes on
+        before the answer is in."""
+        if self._access_closed:
+            return False
+        if self._access_pending is None:
+            self._access_pending = asyncio.ensure_future(self._access_ask())
+        try:
+            return await asyncio.shield(self._access_pending)
+        finally:
+            if self._access_pending is not None and self._access_pending.done():
+                self._access_pending = None
+
+    async def _access_ask(self) -> bool:
+        asked_at = time.monotonic()
+        try:
+            allowed = await self.still_allowed()
+        except Exception:
+            logger.exception("could not check the access of a socket on %s; closing it", self.scope.get("path"))
+            await self.access_close(CLOSE_CHECK_FAILED)
+            return False
+        if not allowed:
+            await self.access_close(CLOSE_FORBIDDEN)
+            return False
+        self._access_checked_at = asked_at  # when the answer was read, not when it came back
+        return True
+
+    async def access_close(self, code: int = CLOSE_FORBIDDEN) -> None:
+        if self._access_closed:
+            return
+        self._access_closed = True
+        # Leave the groups now: no message need reach a socket that may send nothing more.
+        for group in self.groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.warning("could not leave %s", group, exc_info=True)
+        await super().close(code=code)
+
+    async def _watch_access(self) -> None:
+        from django.conf import settings
+
+        interval = settings.SOCKET_ACCESS_CHECK_SECONDS
+        while not self._access_closed:
+            await asyncio.sleep(max(0.0, self._access_checked_at + interval - time.monotonic()))
+            if self._access_closed:
+                return
+            if time.monotonic() - self._access_checked_at >= interval and not await self.access_recheck():
+                return
+
+    async def accept(self, subprotocol=None, headers=None):
+        await super().accept(subprotocol, headers)
+        if self._access_watch is None:
+            self._access_watch = asyncio.ensure_future(self._watch_access())
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        if self._access_closed:
+            return
+        if time.monotonic() - self._access_checked_at >= access_checks.ttl and not await self.access_recheck():
+            return
+        await super().send(text_data, bytes_data, close)
+
+    async def close(self, code=None, reason=None):
+        # Any close (a refusal right after accept included) ends the checks and the frames.
+        self._access_closed = True
+        await super().close(code=code, reason=reason)
+
+    async def websocket_disconnect(self, message):
+        self._access_closed = True
+        if self._access_watch is not None:
+            self._access_watch.cancel()
+        await super().websocket_disconnect(message)
+
+
+class LiveConsumer(AccessFollowingConsumer):
     """The base of every live page's socket: read-only, refuses with a close code, sends
-    what a render returns, and can coalesce a burst of events into one render.
+    what a render returns, and can coalesce a burst of events into one render. It follows
+    the access it was opened with (AccessFollowingConsumer).
 
     Channels closes stale connections of its shared sync thread before every handler, one
     thread hop per message: per socket per saga event here, which measured more than the
@@ -209,7 +318,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         # the render or announced afterwards, never lost.
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
-        self.groups = list(groups)
+        self.groups = [*self.groups, *groups]
 
     async def receive(self, text_data=None, bytes_data=None):
         return  # the pages send nothing the server needs

@@ -7,6 +7,7 @@ Redis started by the run command, and a Temporal dev server on localhost:7233.
 import logging
 import os
 import zoneinfo
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,15 +32,30 @@ def env_float(name: str, default: float) -> float:
     return default if value in (None, "") else float(value)
 
 
+# Which kind of process this is. Production is the default, so a deployment that forgets to
+# say anything gets DEBUG off and every check below; `make run` (scripts/run_dev.py) says
+# development, tests/settings.py says test, and the bench scripts say what they need.
+DJANGO_ENVS = ("production", "development", "test")
+DJANGO_ENV = os.environ.get("DJANGO_ENV", "").strip().lower() or "production"
+if DJANGO_ENV not in DJANGO_ENVS:
+    raise ImproperlyConfigured(f"DJANGO_ENV={DJANGO_ENV!r}: choose one of {', '.join(DJANGO_ENVS)} (production if unset).")
+
 _DEV_SECRET_KEY = "dev-only-insecure-key-change-me"
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
-DEBUG = env_bool("DEBUG", True)
+DEBUG = env_bool("DEBUG", DJANGO_ENV != "production")
+if DEBUG and DJANGO_ENV == "production":
+    # Tracebacks with settings and local variables to anyone who finds an error page.
+    raise ImproperlyConfigured(
+        "DEBUG is on with DJANGO_ENV=production (the default): unset DEBUG, or set "
+        "DJANGO_ENV=development on a developer's machine."
+    )
 if not DEBUG and (len(SECRET_KEY) < 50 or "insecure" in SECRET_KEY):
     # Sessions, password resets and signed tokens rest on it: a known or guessable key is
     # a skeleton key to every staff account.
     raise ImproperlyConfigured(
-        "DEBUG is off, so SECRET_KEY must be set to a long random value of your own (50+ characters; "
-        "not a default): python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+        f"DEBUG is off (DJANGO_ENV={DJANGO_ENV}), so SECRET_KEY must be set to a long random value of your own "
+        "(50+ characters; not a default): python -c 'import secrets; print(secrets.token_urlsafe(50))'. "
+        "On a developer's machine set DJANGO_ENV=development instead (make run does)."
     )
 SECRET_KEY = SECRET_KEY or _DEV_SECRET_KEY
 # The sandbox app (sandbox/): a fake payment gateway, carrier and mailer with their books,
@@ -59,12 +75,15 @@ INSTALLED_APPS = [
     "django_htmx",
     "orders",
     "ops",
+    "axes",  # login throttling and lockout (settings block "login throttling" below)
+    "csp",  # the Content-Security-Policy header (settings block "content security policy")
 ]
 if SANDBOX_ENABLED:
     INSTALLED_APPS.append("sandbox")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "ordersite.metrics_http.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -74,6 +93,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ordersite.urls"
@@ -157,6 +178,9 @@ CHANNEL_LAYERS = {
 # oldest (counted and logged at most every BROADCAST_DROP_LOG_SECONDS).
 BROADCAST_QUEUE_MAX = int(os.environ.get("BROADCAST_QUEUE_MAX", "10000"))
 BROADCAST_DROP_LOG_SECONDS = env_float("BROADCAST_DROP_LOG_SECONDS", 10)
+# An open socket asks at least this often whether its session and permissions still hold
+# (orders.live.LiveConsumer); sign-outs and changes to a user close theirs at once anyway.
+SOCKET_ACCESS_CHECK_SECONDS = env_float("SOCKET_ACCESS_CHECK_SECONDS", 2)
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
@@ -358,6 +382,48 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
     if env_bool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- content security policy (django-csp) -----------------------------------------------
+# Everything from our own origin, nothing inline: no inline <script>, no on*= or hx-on
+# handlers, no style= attributes (static/js, static/css hold them), and htmx configured in
+# base.html to need no eval and inject no styles. Enforced in every environment, so a page
+# that breaks it breaks in development and in the browser tests (tests/browser/test_csp_browser.py)
+# first. 'self' covers the pages' websockets (ws/wss to the same host) in current browsers.
+from csp.constants import NONE, SELF  # noqa: E402  (kept with the policy that uses them)
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# --- login throttling (django-axes) -----------------------------------------------------
+# Both logins (staff /accounts/login/ and /admin/) go through Django's authenticate, which
+# axes' backend guards: after AXES_FAILURE_LIMIT failures for one username from one address
+# that pair is locked out for AXES_COOLOFF_MINUTES (a 429 page). Username and address
+# together, so nobody can lock a colleague out from elsewhere. Every attempt and lockout is
+# a row in the admin (Axes: access attempts, access logs, access failures).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_MINUTES = env_float("AXES_COOLOFF_MINUTES", 15)
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

@@ -305,6 +305,7 @@ def child_env(web_port: int) -> dict[str, str]:
     bin_dir = VENV_BIN if (VENV_BIN / "python").exists() else Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+    env["DJANGO_ENV"] = "development"  # DEBUG, the sandbox and its faults; production is the default
     env.setdefault("TEMPORAL_ADDRESS", "localhost:7233")
     env["ORDERSITE_VAR_DIR"] = str(VAR)
     env["PORT"] = str(web_port)

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+os.environ.setdefault("DJANGO_ENV", "test")
 
 import django  # noqa: E402
 

@@ -5,5 +5,8 @@ and mailer and read their books."""
 import os
 
 os.environ["SANDBOX_ENABLED"] = "1"
+# Forced, not a default: a shell left with DJANGO_ENV=production must not turn the suite into a
+# deployment. Child processes (workers started by tests) inherit it.
+os.environ["DJANGO_ENV"] = "test"
 
 from ordersite.settings import *  # noqa: E402,F401,F403

@@ -32,3 +32,29 @@ def test_debug_off_without_a_carrier_webhook_secret_refuses_to_start(tmp_path):
         assert result.returncode != 0
         assert "CARRIER_WEBHOOK_SECRET must be set" in result.stderr
         assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]
+
+
+def test_production_is_the_default_and_refuses_debug(tmp_path):
+    # Nothing said about the environment: production, so DEBUG is off and a key is required.
+    env = {k: v for k, v in PRODUCTION.items() if k != "DEBUG"}
+    result = _manage(tmp_path, "check", SECRET_KEY="", **env)
+    assert result.returncode != 0
+    assert "DEBUG is off (DJANGO_ENV=production), so SECRET_KEY must be set" in result.stderr
+
+    result = _manage(tmp_path, "check", **{**PRODUCTION, "DEBUG": "1"})
+    assert result.returncode != 0
+    assert "DEBUG is on with DJANGO_ENV=production" in result.stderr
+
+
+def test_an_unknown_environment_is_refused_with_the_choices(tmp_path):
+    result = _manage(tmp_path, "check", DJANGO_ENV="prod", **PRODUCTION)
+    assert result.returncode != 0
+    assert "DJANGO_ENV='prod': choose one of production, development, test" in result.stderr
+
+
+def test_development_runs_with_debug_and_the_sandbox_without_a_key(tmp_path):
+    result = _manage(tmp_path, "shell", "-c", "from django.conf import settings as s; "
+                     "print(s.DEBUG, s.SANDBOX_ENABLED, s.SANDBOX_FAULTS_ENABLED)",
+                     DJANGO_ENV="development", SECRET_KEY="")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["True", "True", "True"]

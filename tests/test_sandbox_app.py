@@ -93,13 +93,13 @@ def test_production_schema_has_no_sandbox_tables(tmp_path):
 
 def test_a_dev_database_keeps_its_sandbox_books_through_the_move(tmp_path):
     # A dev database from before the move: the books are orders' tables.
-    assert _manage(tmp_path, "migrate", "orders", "0004", "--noinput").returncode == 0
+    assert _manage(tmp_path, "migrate", "orders", "0004", "--noinput", DJANGO_ENV="development").returncode == 0
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         db.execute("INSERT INTO orders_sandboxpaymentrecord (id, idempotency_key, kind, amount, currency, reference,"
                    " created_at) VALUES (7, 'order-1-ab:charge', 'charge', '12.50', 'EUR', 'sbx_kept', '2026-01-01')")
         db.execute("INSERT INTO orders_sandboxoutage (id, service, active) VALUES (1, 'payment', 1)")
 
-    result = _manage(tmp_path, "migrate", "--noinput")
+    result = _manage(tmp_path, "migrate", "--noinput", DJANGO_ENV="development")
     assert result.returncode == 0, result.stderr
     tables = _tables(tmp_path)
     assert not {t for t in tables if t.startswith("orders_sandbox")}

@@ -1,29 +1,26 @@
 """Creating an order: the form, its live validation, and extra line rows."""
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from orders.selectors.catalog import products_for_sale
 from orders.services.ordering import OrderRejected, order_create
 
-from ...permissions import can_create_orders, staff_required
+from ...permissions import CREATE_ORDER_PERMISSIONS, staff_required
 from ..forms import MAX_LINES, OrderCreateForm
 
 
-def _require_create_permission(request) -> None:
-    if not can_create_orders(request.user):
-        raise PermissionDenied("Only operators and admins can create orders.")
+# Creating orders is for operators and admins (or a user granted orders.add_order).
+create_order_required = staff_required(*CREATE_ORDER_PERMISSIONS, message="Only operators and admins can create orders.")
 
 
 def _form(request, data=None) -> OrderCreateForm:
     return OrderCreateForm(data, products=products_for_sale(), faults_enabled=settings.SANDBOX_FAULTS_ENABLED)
 
 
-@staff_required()
+@create_order_required
 def order_create_view(request):
-    _require_create_permission(request)
     if request.method != "POST":
         return render(request, "orders/create.html", {"form": _form(request), "can_create": True})
     form = _form(request, request.POST)
@@ -45,20 +42,18 @@ def order_create_view(request):
 
 
 @require_POST
-@staff_required()
+@create_order_required
 def order_create_validate_view(request):
     """Live validation: per-field error slots, swapped out of band (empty ones clear)."""
-    _require_create_permission(request)
     form = _form(request, request.POST)
     form.is_valid()
     return render(request, "orders/partials/order_form_errors.html", {"form": form, "errors": form.live_errors()})
 
 
 @require_GET
-@staff_required()
+@create_order_required
 def order_create_line_view(request):
     """One more product line row for the form (the "Add a line" button)."""
-    _require_create_permission(request)
     try:
         index = int(request.GET.get("index", ""))
     except ValueError:
