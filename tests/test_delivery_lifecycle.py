@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from ops.roles import VIEWER, staff_user_create
 from ops.services import ActionNotAllowed, delivery_mark_delivered, delivery_report_lost, followup_resolve
-from orders.models import FollowUp, NotificationAttempt, OperatorAction, SagaEvent, Shipment
+from orders.models import FollowUp, NotificationAttempt, OperatorAction, Return, SagaEvent, Shipment
 from orders.saga.shared import delivery_workflow_id
 from orders.services.carrier_events import carrier_signature_header
 from orders.status import OrderStatus
@@ -30,6 +30,16 @@ async def completed_order(saga_env):
     order = await sync_to_async(make_order)(shipping_address=AMSTERDAM)
     assert await saga_env.result(order) == "completed"
     return order, saga_env.client.get_workflow_handle(delivery_workflow_id(order.workflow_id))
+
+
+def gateway_refunds(order) -> list:
+    """Refunds the sandbox gateway holds under the order's keys, read in SQL."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT amount FROM sandbox_sandboxpaymentrecord WHERE kind = 'refund' "
+                       "AND idempotency_key LIKE %s ORDER BY id", [f"{order.workflow_id}:%"])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def open_followups(order_id: int) -> list[str]:
@@ -98,15 +108,25 @@ async def test_report_lost_refund_ends_tracking_and_owes_a_refund(saga_env, oper
     assert (audit.action, audit.outcome) == ("lost_refund", "applied")
     shipment = await sync_to_async(Shipment.objects.get)(order=order)
     assert shipment.state == Shipment.State.LOST and shipment.tracking_ended_at is not None
-    assert await sync_to_async(open_followups)(order.pk) == ["refund_due"]
     state = await sync_to_async(order_state)(order.pk)
-    assert state.status == OrderStatus.COMPLETED  # not delivered; the refund is the returns side's
+    assert state.status == OrderStatus.COMPLETED  # not delivered
     assert await sync_to_async(emails)(order, "delivered") == 0
 
-    # Staff settle the refund-due follow-up: no workflow waits on it, the audit row says applied.
-    resolved = await sync_to_async(followup_resolve)(order_id=order.pk, actor=operator_user, reason="refunded")
-    assert resolved.outcome == "applied"
-    assert await sync_to_async(open_followups)(order.pk) == []
+    # The customer gets the whole charge back through the refund saga (its own gateway key),
+    # started with the tracking's end: the money is checked in the gateway's books, not a flag.
+    refund = await sync_to_async(Return.objects.get)(order=order)
+    assert (refund.kind, refund.amount) == (Return.Kind.GOODWILL, order.total)
+    result = await asyncio.wait_for(saga_env.client.get_workflow_handle(refund.workflow_id).result(), 60)
+    assert result == "refunded"
+    assert await sync_to_async(gateway_refunds)(order) == [order.total]
+    await sync_to_async(order.refresh_from_db)()
+    assert (order.refunded_total, order.refund_pending_total) == (order.charged_total, 0)
+    assert await sync_to_async(open_followups)(order.pk) == []  # nothing left for staff to do
+
+    # Reported lost twice (a second click, another operator): refused, no second refund.
+    with pytest.raises(ActionNotAllowed):
+        await sync_to_async(delivery_report_lost)(order_id=order.pk, actor=operator_user, remedy="refund")
+    assert await sync_to_async(Return.objects.filter(order=order).count)() == 1
 
 
 async def test_report_lost_reship_opens_a_reship_followup(saga_env, operator_user):

@@ -13,12 +13,13 @@ from ..adapters import customer_notifier
 from ..adapters.base import Notification
 from ..errors import NotificationFailed
 from ..locks import lock_order
-from ..models import CarrierEvent, FollowUp, NotificationAttempt, Order, SagaEvent, Shipment
+from ..models import CarrierEvent, FollowUp, NotificationAttempt, OperatorAction, Order, SagaEvent, Shipment
 from ..saga.shared import DeliveryOutcome
 from ..status import OrderStatus
 from .commands import operator_action_outcome_record
 from .events import saga_event_record
 from .notifications import notification_key, order_status_url
+from .returns import ReturnNotAllowed, refund_open
 from .shipping import shipment_is_delivered
 
 DELIVERY_FOLLOWUP_KINDS = (FollowUp.Kind.DELIVERY_OVERDUE, FollowUp.Kind.DELIVERY_FAILED)
@@ -82,10 +83,12 @@ def delivery_tracking_end(*, order_id: int, outcome: str, source: str, key: str,
         if outcome != DeliveryOutcome.GIVEN_UP:
             FollowUp.objects.filter(order=order, state=FollowUp.State.OPEN, kind__in=DELIVERY_FOLLOWUP_KINDS).update(
                 state=FollowUp.State.RESOLVED, resolution=outcome.value[:20], resolved_at=now)
-        if outcome in _LOST_FOLLOWUP:
+        detail = _end_detail(outcome, source)
+        if outcome == DeliveryOutcome.LOST_REFUND:
+            detail = _lost_parcel_refund(order, action_id=action_id) or detail
+        elif outcome in _LOST_FOLLOWUP:
             kind, reason = _LOST_FOLLOWUP[outcome]
             _followup_create(order, kind=kind, reason=reason)
-        detail = _end_detail(outcome, source)
         recorded_action = None
         if action_id is not None and operator_action_outcome_record(
             action_id=action_id, order_id=order.pk, outcome="applied", detail=detail,
@@ -95,6 +98,28 @@ def delivery_tracking_end(*, order_id: int, outcome: str, source: str, key: str,
                           operator_action_id=recorded_action,
                           status=OrderStatus.DELIVERED if outcome == DeliveryOutcome.DELIVERED else None)
     return True
+
+
+def _lost_parcel_refund(order: Order, *, action_id: int | None) -> str | None:
+    """A parcel staff reported lost: the customer gets back what is still theirs through the
+    returns side's refund saga (its own gateway key, under the order's refund ceiling), in
+    the same transaction as the tracking's end, so neither happens without the other. If
+    that is refused (nothing left to refund), a refund-due follow-up asks staff instead.
+    Returns the timeline's wording, or None when it fell back to the follow-up."""
+    order.refresh_from_db(fields=["charged_total", "refunded_total", "refund_pending_total"])
+    owed = order.charged_total - order.refunded_total - order.refund_pending_total
+    actor = (OperatorAction.objects.select_related("actor").get(pk=action_id).actor
+             if action_id is not None else None)
+    try:
+        if owed <= 0:
+            raise ReturnNotAllowed(f"nothing left to refund on {order.number}")
+        refund = refund_open(order_id=order.pk, amount=owed, actor=actor,
+                             reason="Parcel reported lost by staff: the customer is refunded")
+    except ReturnNotAllowed as refused:
+        kind, reason = _LOST_FOLLOWUP[DeliveryOutcome.LOST_REFUND]
+        _followup_create(order, kind=kind, reason=f"{reason} The automatic refund was refused: {refused}")
+        return None
+    return f"Reported lost by staff; refund #{refund.pk} of {owed} {order.currency} started"
 
 
 def _followup_create(order: Order, *, kind: str, reason: str) -> FollowUp:
