@@ -6,19 +6,15 @@ activity re-run after a crash changes nothing; broadcasts go out after commit.
 """
 
 from django.db import IntegrityError, transaction
-from django.template.loader import render_to_string
 from django.utils import timezone
 
-from ..adapters import customer_notifier
-from ..adapters.base import Notification
-from ..errors import NotificationFailed
 from ..locks import lock_order
-from ..models import CarrierEvent, FollowUp, NotificationAttempt, OperatorAction, Order, SagaEvent, Shipment
+from ..models import CarrierEvent, FollowUp, OperatorAction, Order, SagaEvent, Shipment
 from ..saga.shared import DeliveryOutcome
 from ..status import OrderStatus
 from .commands import operator_action_outcome_record
 from .events import saga_event_record
-from .notifications import notification_key, order_status_url
+from .notifications import customer_message_send, notification_key
 from .returns import ReturnNotAllowed, refund_open
 from .shipping import shipment_is_delivered
 
@@ -158,41 +154,16 @@ def delivery_email_key(order: Order, outcome: str) -> str:
 
 def customer_delivery_notify(*, order_id: int, outcome: str, attempt: int = 1) -> str:
     """Email the customer that the parcel shipped (with its tracking number) or arrived,
-    once per order and outcome whatever the retries: our ledger, then the notifier's book,
-    then a send (as orders.services.notifications.customer_notify). Raises NotificationFailed.
-    Locks: the order row (for the success).
+    once per order and outcome whatever the retries (customer_message_send: our ledger, then
+    the notifier's book, then a send). Raises NotificationFailed. Locks: the order row.
     """
     if outcome not in _EMAILS:
         raise ValueError(f"no delivery email for {outcome!r}")
     order = Order.objects.get(pk=order_id)
-    key = delivery_email_key(order, outcome)
-    if NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
-        return "already emailed"
-    notifier = customer_notifier()
-    detail = f"Emailed {order.customer_email}: {outcome}"
-    if notifier.sent_lookup(key):
-        detail += " (sent by an earlier attempt)"
-    else:
-        subject, template = _EMAILS[outcome]
-        shipment = Shipment.objects.filter(order=order).first()
-        context = {"order": order, "status_url": order_status_url(order),
-                   "tracking_number": shipment.tracking_number if shipment else ""}
-        try:
-            notifier.send(Notification(order_id=order.pk, to=order.customer_email,
-                                       subject=subject.format(number=order.number),
-                                       body=render_to_string(template, context), idempotency_key=key))
-        except NotificationFailed as exc:
-            NotificationAttempt.objects.create(order=order, succeeded=False, error=str(exc), attempt=attempt,
-                                               idempotency_key=key)
-            raise
-    try:
-        with transaction.atomic():
-            order = lock_order(order_id)
-            NotificationAttempt.objects.create(order=order, succeeded=True, attempt=attempt, idempotency_key=key)
-            saga_event_record(order, kind=SagaEvent.Kind.SUCCEEDED, step="ship", detail=detail, attempt=attempt,
-                              key=f"{key}:sent")
-    except IntegrityError:
-        if not NotificationAttempt.objects.filter(idempotency_key=key, succeeded=True).exists():
-            raise
-        return "already emailed"
-    return detail
+    subject, template = _EMAILS[outcome]
+    shipment = Shipment.objects.filter(order=order).first()
+    return customer_message_send(
+        order_id=order_id, key=delivery_email_key(order, outcome), attempt=attempt,
+        subject=subject.format(number=order.number), template=template,
+        context={"tracking_number": shipment.tracking_number if shipment else ""}, step="ship",
+    )
