@@ -186,6 +186,25 @@ def test_an_operator_retry_ends_the_wait_and_a_finished_saga_ends_at_its_last_ev
     assert not waterfall.live and waterfall.seconds == 51  # not 500: the saga is over
 
 
+def test_the_delivery_trackers_rows_on_the_ship_track_are_not_more_attempts_of_the_saga():
+    # After shipping succeeded, the tracker writes on the same "ship" track: the shipped
+    # email (an outcome-only "succeeded"), carrier events (signals) and, after the saga has
+    # finished, the delivered email and the tracking's end. None is a shipping attempt.
+    waterfall = fold("completed", [
+        (1, "ship", "started", 1),
+        (2, "ship", "succeeded", 1),
+        (2.5, "ship", "succeeded", 1),  # the shipped email, sent by the tracker
+        (3, "notify", "succeeded", 1),
+        (4, "", "finished", 0),
+        (30, "ship", "signal", 0),  # the carrier: delivered
+        (31, "ship", "succeeded", 1),  # the delivered email
+        (32, "ship", "finished", 0),
+    ], now_after=500)
+    assert spans_of(waterfall, "step-ship") == [(ATTEMPT, "succeeded", 1, 2)]
+    assert waterfall.rows[0].attempts == 1
+    assert not waterfall.live and waterfall.seconds == 4  # the saga's end, not the parcel's
+
+
 def test_compensations_get_their_own_rows_in_the_order_they_ran():
     waterfall = fold("compensated", [
         (1, "reserve", "succeeded", 1),
@@ -377,9 +396,12 @@ def test_dashboard_charts_are_at_most_six_queries_whatever_the_rows():
 
 
 def test_orders_per_hour_chart_draws_a_mark_per_outcome_and_hour_with_its_words():
+    from django.utils import timezone
+
     from ops.charts.selectors import HourCounts, OUTCOMES
 
-    start = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+    # Hours are shown in the shop's time zone (SHOP_TIME_ZONE): the day starts at its midnight.
+    start = datetime(2026, 1, 5, 0, 0, tzinfo=timezone.get_current_timezone())
     hours = [HourCounts(start + timedelta(hours=i), {o: 0 for o in OUTCOMES}) for i in range(24)]
     hours[5].counts.update(completed=3, stuck=1)
     hours[23].counts.update(completed=1)

@@ -99,6 +99,7 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
     rows: dict[tuple[str, bool], WaterfallRow] = {}
     compensating: set[str] = set()
     previous_at = order.created_at
+    last_at = None  # the last event folded in: the saga's end when it is over
 
     def row_of(step: str, compensation: bool) -> WaterfallRow:
         key = (step, compensation)
@@ -108,10 +109,13 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
 
     for event in events:
         at, kind = event.created_at, event.kind
+        last_at = at
         if not event.step:
             if kind == "finished":
                 for row in rows.values():
                     _close_waits(row, at, drop_retry_wait=True)
+                # The saga's end: later rows (the delivery tracker's, a return's) are not its.
+                break
             previous_at = at
             continue
         # A failure after the step's compensation began is the compensation failing (as in the timeline).
@@ -124,6 +128,11 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
                     if not row.compensation:
                         _close_waits(row, at, drop_retry_wait=True)
             compensating.add(event.step)
+        if not undoing and (event.step, False) in rows and any(
+                span.kind == ATTEMPT and span.outcome == SUCCEEDED for span in rows[(event.step, False)].spans):
+            # A step succeeds once. Later rows on its track are others' (the delivery
+            # tracker's shipped email and carrier events on "ship"), not more attempts.
+            continue
         row = row_of(event.step, undoing)
         if kind in ("started", "retrying", "compensating"):
             _close_waits(row, at)
@@ -157,7 +166,7 @@ def saga_waterfall_build(timeline: SagaTimeline, *, now: datetime | None = None)
         previous_at = at
 
     live = order.saga_status not in TERMINAL_SAGA_STATUSES
-    end = now if live else (events[-1].created_at if events else None)
+    end = now if live else last_at
     for row in rows.values():
         for span in row.spans:
             if span.end is None:
