@@ -55,7 +55,7 @@ ACTION_COPY = {
     # A shipped order's delivery (its tracker, not the saga).
     "mark_delivered": ("Mark delivered", "the parcel arrived: ends its tracking and emails the customer",
                        "Mark {number} as delivered? Tracking ends and {email} is told it arrived."),
-    "lost_refund": ("Report lost: refund", "ends tracking; opens a refund-due follow-up",
+    "lost_refund": ("Report lost: refund", "ends tracking; refunds the customer what they paid",
                     "Report the parcel of {number} lost and owe the customer a refund?"),
     "lost_reship": ("Report lost: re-ship", "ends tracking; opens a re-ship follow-up",
                     "Report the parcel of {number} lost and owe the customer a new parcel?"),
@@ -176,7 +176,7 @@ SUCCESS_MESSAGES = {
     "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
     "retry_compensation": "Retry sent to the saga of {number}: the compensation that failed runs again.",
     "mark_delivered": "Delivery of {number} sent to its tracker: the order is marked delivered.",
-    "lost_refund": "Loss of {number}'s parcel sent to its tracker: a refund-due follow-up opens.",
+    "lost_refund": "Loss of {number}'s parcel sent to its tracker: the customer's refund starts.",
     "lost_reship": "Loss of {number}'s parcel sent to its tracker: a re-ship follow-up opens.",
 }
 
