@@ -36,6 +36,9 @@ CI_SCENARIO = harness.Scenario(
     temporal_restarts=1,
     database_outage_seconds=4,
     settle_timeout=float(os.environ.get("FAULT_SUITE_SETTLE_SECONDS", "120")),
+    # Issue 8's paths (parcel lost, return never arrives, refund gateway down): a few orders
+    # each, acted on once completed while a worker is SIGKILLed every 3-6 s.
+    after_sale_per_path=int(os.environ.get("FAULT_SUITE_AFTER_SALE_PER_PATH", "2")),
 )
 
 
@@ -122,6 +125,14 @@ def test_database_refused_connections(fault_run):
 @pytest.mark.parametrize("check", checks.CHECKS)
 def test_check(fault_run, check):
     _check(fault_run, check)
+
+
+def test_after_sale_paths_ran_under_kills(fault_run):
+    after = fault_run.after_sale
+    paths = sorted(set(after.started.values()))
+    assert paths == ["parcel_lost", "refund_gateway_down", "return_never_arrives"], (
+        f"after-sale paths started: {paths}; refused: {after.refused}")
+    assert fault_run.kills["chaos"] >= 1, f"no worker was SIGKILLed in the after-sale phase: {dict(fault_run.kills)}"
 
 
 # --- fresh workers --------------------------------------------------------------------------
