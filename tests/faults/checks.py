@@ -22,6 +22,7 @@ CHECKS = [
     "refunds never exceed charges",
     "no email sent twice",
     "completed orders emailed once",
+    "undone orders told once",
     "one finished event per saga",
     "no bookkeeping event twice",
     "sagas end as their plans say",
@@ -61,6 +62,8 @@ def _rows(sql: str, params=()) -> list[tuple]:
 # saga's refund email (orders/services/return_steps.py): not order confirmations.
 DELIVERY_EMAIL_WORDS = ("has shipped", "has been delivered")
 REFUND_EMAIL_WORDS = "Your refund for order"
+# orders/services/notifications.py OUTCOME_SUBJECTS: a failed, rejected or cancelled order.
+OUTCOME_EMAIL_WORDS = ("We couldn't complete your order", "has been cancelled")
 
 
 def emails_sent(mail_dir: Path) -> Counter:
@@ -179,15 +182,19 @@ def run_checks(run: FaultRun) -> None:
     # Order confirmations per customer: the delivery tracker's shipped and delivered emails
     # (issue 8) go out at their own pace and are checked by "no email sent twice" only.
     sent_to = {"file backend": Counter(), "mailer book": Counter()}
-    def confirmation(subject: str) -> bool:
-        return not any(words in subject for words in DELIVERY_EMAIL_WORDS) and REFUND_EMAIL_WORDS not in subject
+    # An undone order's customer is told so once, after its compensations (outcome emails).
+    told_undone = {"file backend": Counter(), "mailer book": Counter()}
 
-    for (to, subject), n in sent_files.items():
-        if confirmation(subject):
-            sent_to["file backend"][to] += n
-    for (to, subject), n in sent_book.items():
-        if confirmation(subject):
-            sent_to["mailer book"][to] += n
+    def confirmation(subject: str) -> bool:
+        return (not any(words in subject for words in DELIVERY_EMAIL_WORDS + OUTCOME_EMAIL_WORDS)
+                and REFUND_EMAIL_WORDS not in subject)
+
+    for source, sent in (("file backend", sent_files), ("mailer book", sent_book)):
+        for (to, subject), n in sent.items():
+            if confirmation(subject):
+                sent_to[source][to] += n
+            elif any(words in subject for words in OUTCOME_EMAIL_WORDS):
+                told_undone[source][to] += n
     for source, sent in (("file backend", sent_files), ("mailer book", sent_book)):
         for (to, subject), n in sent.items():
             if n > 1:
@@ -199,7 +206,10 @@ def run_checks(run: FaultRun) -> None:
         if outcome == "completed" and n != 1:
             v["completed orders emailed once"].append(f"order {pk} ({kinds[pk].name}) completed, {n} email(s) ({authoritative})")
         if outcome in ("failed", "rejected", "cancelled", "followup") and n:
-            v["completed orders emailed once"].append(f"order {pk} {outcome} but {n} email(s) sent")
+            v["completed orders emailed once"].append(f"order {pk} {outcome} but {n} confirmation(s) sent")
+        told = told_undone[authoritative][email_]
+        if told != (1 if outcome in ("failed", "rejected", "cancelled") else 0):
+            v["undone orders told once"].append(f"order {pk} ({kinds[pk].name}) {outcome}: {told} outcome email(s)")
 
     # Bookkeeping exactly once.
     finished = Counter({pk: n for pk, n in _rows(
@@ -209,10 +219,15 @@ def run_checks(run: FaultRun) -> None:
         expected = 1 if outcome in TERMINAL else 0
         if finished[pk] != expected:
             v["one finished event per saga"].append(f"order {pk} ({kinds[pk].name}, {outcome}): {finished[pk]} 'finished' events")
+    # The tracker's shipped and delivered emails record their own 'succeeded' on the ship
+    # track (attempt 1, like the booking's): another event, not a second one; the emails
+    # are checked once each above ("no email sent twice").
     for pk, step, kind, attempt, n in _rows(
         f"SELECT order_id, step, kind, attempt, COUNT(*) FROM {ev_t} "
         f"WHERE kind IN ('started', 'succeeded', 'finished', 'compensated', 'stuck') "
-        f"GROUP BY order_id, step, kind, attempt HAVING COUNT(*) > 1"
+        f"AND (idempotency_key IS NULL OR (idempotency_key NOT LIKE %s AND idempotency_key NOT LIKE %s)) "
+        f"GROUP BY order_id, step, kind, attempt HAVING COUNT(*) > 1",
+        ["%:notify:shipped:sent", "%:notify:delivered:sent"],
     ):
         if pk in kinds:
             v["no bookkeeping event twice"].append(f"order {pk}: {kind} {step or '(saga)'} attempt {attempt} x{n}")
@@ -269,7 +284,17 @@ def _after_sale_checks(run: FaultRun, v: dict, orders: dict, kinds: dict, book_t
     ledger = defaultdict(list)
     for key, kind, amount in _rows(f"SELECT idempotency_key, kind, amount FROM {pay_t}"):
         ledger[key].append((kind, Decimal(amount)))
-    restocks = Counter(key for (key,) in _rows(f"SELECT idempotency_key FROM {move_t} WHERE kind = 'restock'"))
+    restocks = defaultdict(Counter)  # key -> product -> quantity put back
+    for key, product, quantity in _rows(f"SELECT idempotency_key, product_id, quantity FROM {move_t} "
+                                        f"WHERE kind = 'restock'"):
+        restocks[key][product] += quantity
+    came_back = defaultdict(Counter)  # return id -> product -> sellable quantity
+    rl_t, ol_t = _table("orders", "ReturnLine"), _table("orders", "OrderLine")
+    for ret_id, product, quantity in _rows(
+        f"SELECT rl.return_request_id, ol.product_id, rl.quantity FROM {rl_t} rl "
+        f"JOIN {ol_t} ol ON ol.id = rl.order_line_id WHERE rl.sellable"
+    ):
+        came_back[ret_id][product] += quantity
     shipments = {pk: (state, ended) for pk, state, ended
                  in _rows(f"SELECT order_id, state, tracking_ended_at FROM {ship_t}")}
 
@@ -299,7 +324,7 @@ def _after_sale_checks(run: FaultRun, v: dict, orders: dict, kinds: dict, book_t
             if at_gateway or ours:
                 v[name].append(f"{label}: return #{ret_id} expired, yet gateway {at_gateway}, ledger {ours}")
             if restocks[restock_key]:
-                v[name].append(f"{label}: return #{ret_id} expired, yet restocked {restocks[restock_key]} time(s)")
+                v[name].append(f"{label}: return #{ret_id} expired, yet restocked {dict(restocks[restock_key])}")
         else:
             if at_gateway != [("refund", amount)] or ours != [("refund", amount)]:
                 v[name].append(f"{label}: return #{ret_id} of {amount}: gateway booked {at_gateway}, "
@@ -316,8 +341,9 @@ def _after_sale_checks(run: FaultRun, v: dict, orders: dict, kinds: dict, book_t
                 v[name].append(f"{label}: return kind {kind}, shipment {ship_state}, tracking ended {ended}")
             if after.trackers.get(pk) != "COMPLETED":
                 v[name].append(f"{label}: its delivery tracker is {after.trackers.get(pk)} in Temporal, not ended")
-        if path == REFUND_GATEWAY_DOWN and restocks[restock_key] != 1:
-            v[name].append(f"{label}: return #{ret_id} restocked {restocks[restock_key]} time(s), expected once")
+        if path == REFUND_GATEWAY_DOWN and (not came_back[ret_id] or restocks[restock_key] != came_back[ret_id]):
+            v[name].append(f"{label}: return #{ret_id} restocked {dict(restocks[restock_key])} (product: quantity), "
+                           f"{dict(came_back[ret_id])} came back sellable")
         # The customer hears about a refund once, and about an expired return not at all.
         refund_mails = sum(n for (to, subject), n in sent_to_subject.items()
                            if to == email_ and REFUND_EMAIL_WORDS in subject)
