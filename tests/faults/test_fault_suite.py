@@ -5,8 +5,10 @@ its state in a file, three `manage.py run_worker` processes, ~24 orders with mix
 plans placed in waves; each crash point of orders/crashpoints.py fires once (SIGKILL of
 whichever worker reaches it first; the supervisor restarts it), the dev server is
 SIGKILLed and restarted between waves, and the database refuses connections for a few
-seconds (Postgres). Once every saga is at rest, each test below is one check, made in SQL
-over our tables and the sandbox's own books. A failing test is a finding, not flakiness.
+seconds (Postgres). Once every saga is at rest, a few completed orders per after-sale path
+(issue 8: parcel lost, return never arrives, refund gateway down; tests/faults/after_sale.py)
+are acted on by staff while a worker is SIGKILLed every few seconds. Then each test below
+is one check, made in SQL over our tables and the sandbox's own books. A failing test is a finding, not flakiness.
 
 The large run with random kills: scripts/fault_suite.py (`make faults`).
 """
