@@ -49,6 +49,8 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=0.25, help="seconds between two orders")
     parser.add_argument("--settle", type=float, default=300, help="seconds to wait for every saga to come to rest")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--after-sale", type=int, default=5,
+                        help="orders per after-sale path (parcel lost, return never arrives, refund gateway down)")
     parser.add_argument("--keep-db", action="store_true", help="keep the database (and print its name) to look around")
     args = parser.parse_args()
 
@@ -84,7 +86,7 @@ def main() -> int:
     scenario = harness.Scenario(
         orders=args.orders, workers=args.workers, crash_points=POINTS, chaos_interval=chaos,
         temporal_restarts=args.temporal_restarts, database_outage_seconds=args.db_outage,
-        settle_timeout=args.settle, pace=args.pace, seed=args.seed,
+        settle_timeout=args.settle, pace=args.pace, seed=args.seed, after_sale_per_path=args.after_sale,
     )
     code = 2
     try:

@@ -13,9 +13,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from .after_sale import run_after_sale
 from .checks import FaultRun, run_checks
 from .outages import database_refuse_connections, is_postgres
-from .plans import PlanKind, place_orders, usable_plans
+from .plans import AFTER_SALE_MIX, PlanKind, place_orders, usable_plans
 from .settling import settle, workflow_states
 from .workers import WorkerPool
 
@@ -35,6 +36,12 @@ class Scenario:
     # money our ledger never saw, and the order must end cancelled with it refunded.
     cancel_after_lost_charge: bool = True
     seed: int = 7
+    # Issue 8's after-sale paths (tests/faults/after_sale.py): orders per path, placed in the
+    # first wave; once at rest, staff act on them while a worker is SIGKILLed every few seconds.
+    after_sale_per_path: int = 0
+    after_sale_parcel_deadline: float = 12  # RETURN_PARCEL_DEADLINE_SECONDS for their returns
+    after_sale_chaos_interval: tuple[float, float] | None = (3, 6)
+    after_sale_timeout: float = 180
 
 
 def _cancel_when_charge_lost(pool: WorkerPool, run: FaultRun, stop: threading.Event, log=print) -> None:
@@ -110,6 +117,10 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
         for wave, count in enumerate(per_wave):
             run.placed += place_orders(count, plans, products, rng=rng, tag=tag, first_index=len(run.placed),
                                        pace=sc.pace)
+            if wave == 0 and sc.after_sale_per_path:
+                after_plans = usable_plans(log, AFTER_SALE_MIX)
+                run.placed += place_orders(sc.after_sale_per_path * len(after_plans), after_plans, products, rng=rng,
+                                           tag=tag, first_index=len(run.placed), pace=sc.pace)
             if wave < len(disruptions):
                 time.sleep(2 + rng.random() * 2)  # let the wave get into its steps
                 what = disruptions[wave]
@@ -133,6 +144,15 @@ def run_scenario(sc: Scenario, *, server, work_dir: Path, log=print) -> FaultRun
                                        frozenset({"cancelled"}), healthy=False, lines=placed.kind.lines)
         run.outcomes = settle(run.placed, timeout=sc.settle_timeout, log=log)
         run.workflows = workflow_states([p.order_id for p in run.placed])
+        if sc.after_sale_per_path:
+            kills_before = pool.chaos_kills_made
+            run.after_sale = run_after_sale(
+                run, pool, parcel_deadline_seconds=sc.after_sale_parcel_deadline, timeout=sc.after_sale_timeout,
+                chaos_interval=sc.after_sale_chaos_interval, seed=sc.seed, log=log)
+            run.figures["after-sale phase"] = (
+                f"{run.after_sale.elapsed:.0f}s, {len(run.after_sale.started)} orders, "
+                f"{pool.chaos_kills_made - kills_before} random SIGKILLs, "
+                f"operator refund retries {sum(run.after_sale.retries.values())}")
     finally:
         watcher_stop.set()
         pool.stop()

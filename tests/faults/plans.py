@@ -18,10 +18,11 @@ class PlanKind:
     expect: frozenset
     healthy: bool = False  # nothing wrong outside: it must complete, whatever we kill
     lines: int = 1
+    after_sale: str = ""  # once completed, what happens to it (tests/faults/after_sale.py)
 
 
-def _kind(name, plan, expect, healthy=False, lines=1):
-    return PlanKind(name, plan, frozenset(expect), healthy, lines)
+def _kind(name, plan, expect, healthy=False, lines=1, after_sale=""):
+    return PlanKind(name, plan, frozenset(expect), healthy, lines, after_sale)
 
 
 PLAN_MIX = [
@@ -49,12 +50,24 @@ PLAN_MIX = [
 ]
 
 
-def usable_plans(log=print) -> list[PlanKind]:
+# Issue 8's paths after the sale. These orders must complete first (nothing is wrong before
+# the sale); tests/faults/after_sale.py then acts on them while workers are killed.
+LOST_PARCEL, NEVER_ARRIVES, REFUND_GATEWAY_DOWN = "parcel_lost", "return_never_arrives", "refund_gateway_down"
+AFTER_SALE_MIX = [
+    _kind("after:parcel_lost", {}, {"completed"}, healthy=True, after_sale=LOST_PARCEL),
+    _kind("after:return_never_arrives", {}, {"completed"}, healthy=True, lines=2, after_sale=NEVER_ARRIVES),
+    # The "return_refund_down" preset: the refund fails 3 calls per key, so it gets stuck.
+    _kind("after:refund_gateway_down", {"refund": "transient:3"}, {"completed"}, healthy=True, lines=2,
+          after_sale=REFUND_GATEWAY_DOWN),
+]
+
+
+def usable_plans(log=print, mix=None) -> list[PlanKind]:
     """The plans this tree's fault vocabulary knows; unknown ones are skipped, with a note."""
     from orders.faults import FaultPlanInvalid, fault_plan_clean
 
     usable = []
-    for kind in PLAN_MIX:
+    for kind in PLAN_MIX if mix is None else mix:
         try:
             fault_plan_clean(kind.plan)
         except FaultPlanInvalid as exc:

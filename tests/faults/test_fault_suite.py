@@ -5,8 +5,10 @@ its state in a file, three `manage.py run_worker` processes, ~24 orders with mix
 plans placed in waves; each crash point of orders/crashpoints.py fires once (SIGKILL of
 whichever worker reaches it first; the supervisor restarts it), the dev server is
 SIGKILLed and restarted between waves, and the database refuses connections for a few
-seconds (Postgres). Once every saga is at rest, each test below is one check, made in SQL
-over our tables and the sandbox's own books. A failing test is a finding, not flakiness.
+seconds (Postgres). Once every saga is at rest, a few completed orders per after-sale path
+(issue 8: parcel lost, return never arrives, refund gateway down; tests/faults/after_sale.py)
+are acted on by staff while a worker is SIGKILLed every few seconds. Then each test below
+is one check, made in SQL over our tables and the sandbox's own books. A failing test is a finding, not flakiness.
 
 The large run with random kills: scripts/fault_suite.py (`make faults`).
 """
@@ -36,6 +38,9 @@ CI_SCENARIO = harness.Scenario(
     temporal_restarts=1,
     database_outage_seconds=4,
     settle_timeout=float(os.environ.get("FAULT_SUITE_SETTLE_SECONDS", "120")),
+    # Issue 8's paths (parcel lost, return never arrives, refund gateway down): a few orders
+    # each, acted on once completed while a worker is SIGKILLed every 3-6 s.
+    after_sale_per_path=int(os.environ.get("FAULT_SUITE_AFTER_SALE_PER_PATH", "2")),
 )
 
 
@@ -122,6 +127,14 @@ def test_database_refused_connections(fault_run):
 @pytest.mark.parametrize("check", checks.CHECKS)
 def test_check(fault_run, check):
     _check(fault_run, check)
+
+
+def test_after_sale_paths_ran_under_kills(fault_run):
+    after = fault_run.after_sale
+    paths = sorted(set(after.started.values()))
+    assert paths == ["parcel_lost", "refund_gateway_down", "return_never_arrives"], (
+        f"after-sale paths started: {paths}; refused: {after.refused}")
+    assert fault_run.kills["chaos"] >= 1, f"no worker was SIGKILLed in the after-sale phase: {dict(fault_run.kills)}"
 
 
 # --- fresh workers --------------------------------------------------------------------------

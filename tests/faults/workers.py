@@ -96,6 +96,7 @@ class WorkerPool:
     def start_chaos(self, *, interval: tuple[float, float], seed: int | None = None) -> None:
         """Kill a random worker every `interval` seconds (uniform in the range)."""
         rng = random.Random(seed)
+        self._chaos_stop.clear()  # a second round of chaos (the after-sale phase) after an earlier one
 
         def chaos():
             while not self._chaos_stop.wait(rng.uniform(*interval)) and not self._stop.is_set():
