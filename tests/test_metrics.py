@@ -109,7 +109,8 @@ async def test_web_metrics_after_real_sagas(saga_env, metrics_on):
     assert delta(before, after, "ordersite_outside_calls_total", service="carrier", operation="book_parcel") == 1
     errors = {dict(labels)["error"]: v - before.get((name, labels), 0) for (name, labels), v in after.items()
               if name == "ordersite_outside_call_errors_total" and dict(labels)["operation"] == "charge"}
-    assert errors == {"PaymentDeclined": 1}
+    # Errors of other kinds counted by earlier tests in this process stay where they were.
+    assert {error: n for error, n in errors.items() if n} == {"PaymentDeclined": 1}
     # Requests by route name and status.
     assert delta(before, after, "ordersite_http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert delta(before, after, "ordersite_http_requests_total", route="metrics", method="GET", status="200") == 1
