@@ -63,6 +63,7 @@ def child_configure(mode: str, database_url: str | None) -> None:
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         os.environ["DATABASE_URL"] = f"sqlite:///{db}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
+    os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
     os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
     os.environ["LOG_LEVEL"] = "WARNING" if mode == "off" else "INFO"
     os.environ["LOG_FORMAT"] = "json"
