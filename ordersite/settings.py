@@ -147,7 +147,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# TIME_ZONE is the shop's (SHOP_TIME_ZONE, below, with the shop's date format).
 USE_I18N = True
 USE_TZ = True
 
