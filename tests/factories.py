@@ -33,9 +33,9 @@ def make_order(*, products: list[tuple[Product, int]] | None = None, fault_plan:
     )
 
 
-# A shipping address the sandbox carrier serves, as the create form's fields.
-SHIPPING_FORM = {"ship_line1": "Keizersgracht 1", "ship_postcode": "1015 CJ", "ship_city": "Amsterdam",
-                 "ship_country": "NL", "phone": "+31 20 123 4567"}
+# AMSTERDAM as the create form's fields (the name comes from the customer's).
+SHIPPING_FORM = {("phone" if key == "phone" else f"ship_{key}"): value
+                 for key, value in AMSTERDAM.items() if key != "name"}
 
 
 def create_form_data(product, quantity: int = 1, fault_preset: str = "") -> dict:

@@ -10,16 +10,14 @@ from django.urls import reverse
 from ops.order_pages.forms import OrderCreateForm
 from orders.models import Order
 
-from .factories import make_product
+from .factories import SHIPPING_FORM, make_product
 
 pytestmark = pytest.mark.django_db
 
 
 def _create_data(product, **overrides) -> dict:
     data = {"customer_name": "Grace Hopper", "customer_email": "grace@example.com",
-            "line-0-product": str(product.pk), "line-0-quantity": "2", "fault_preset": "",
-            "ship_line1": "Keizersgracht 1", "ship_postcode": "1015 CJ", "ship_city": "Amsterdam",
-            "ship_country": "NL", "phone": "+31 20 123 4567"}
+            "line-0-product": str(product.pk), "line-0-quantity": "2", "fault_preset": "", **SHIPPING_FORM}
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
 
