@@ -45,16 +45,3 @@
     });
   });
 })();
-
-// Targets marked data-swap-errors show the answer to a refused request (400: bad input,
-// 403: not allowed), which htmx would otherwise drop: the answer says why.
-(function () {
-  document.addEventListener("htmx:beforeSwap", function (event) {
-    var status = event.detail.xhr && event.detail.xhr.status;
-    var target = event.detail.target;
-    if ((status === 400 || status === 403) && target && target.hasAttribute("data-swap-errors")) {
-      event.detail.shouldSwap = true;
-      event.detail.isError = false;
-    }
-  });
-})();
