@@ -19,17 +19,17 @@ from django.template.loader import render_to_string
 
 from orders.broadcast import OPS_GROUP
 
-from .charts.presenters import dashboard_charts_present
-from .charts.selectors import dashboard_charts
+from .dashboard import dashboard_figures_html
 from .live import StaffConsumer
-from .selectors import dashboard_snapshot
+from .selectors import service_outages
 
 
 def dashboard_live_html() -> str:
-    """The live partials and the charts, marked for out-of-band swap. Nine queries."""
+    """The outage banner and the figures, marked for out-of-band swap (the figures from
+    the cache when their data has not changed: ops.dashboard)."""
     return render_to_string("ops/partials/dashboard_live.html", {
-        "snapshot": dashboard_snapshot(),
-        "charts": dashboard_charts_present(dashboard_charts()),
+        "outages": service_outages(),
+        "figures": dashboard_figures_html(oob=True),
         "oob": True,
     })
 

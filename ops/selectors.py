@@ -81,13 +81,13 @@ class DashboardSnapshot:
     counts: DashboardCounts
     recent_events: list[SagaEvent]
     taken_at: datetime
-    outages: list[BreakerState]
 
 
 def dashboard_snapshot() -> DashboardSnapshot:
-    """Everything the dashboard's live partials show. Three queries, and one Redis round trip per breaker."""
-    return DashboardSnapshot(counts=dashboard_counts(), recent_events=recent_saga_events(), taken_at=timezone.now(),
-                             outages=service_outages())
+    """The dashboard's counts and recent activity. Three queries. (The outage banner is
+    service_outages: it changes without a database write, so it is never cached with these;
+    ops.dashboard.)"""
+    return DashboardSnapshot(counts=dashboard_counts(), recent_events=recent_saga_events(), taken_at=timezone.now())
 
 
 # --- stuck sagas ---------------------------------------------------------------------

@@ -16,8 +16,7 @@ from orders.models import FollowUp
 from orders.status import Step
 
 from . import selectors
-from .charts.presenters import dashboard_charts_present
-from .charts.selectors import dashboard_charts
+from .dashboard import dashboard_figures_html
 from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
 from .http import safe_next
@@ -37,8 +36,8 @@ def _page(request: HttpRequest, queryset, *, count_cap: int | None = None):
 @staff_required()
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "ops/home.html", {
-        "snapshot": selectors.dashboard_snapshot(),
-        "charts": dashboard_charts_present(dashboard_charts()),
+        "outages": selectors.service_outages(),
+        "figures": dashboard_figures_html(oob=False),
     })
 
 

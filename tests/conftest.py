@@ -50,6 +50,16 @@ def _fast_and_quiet(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _cache_cleared():
+    """Each test starts with an empty cache: the dashboard's figures are cached under the
+    newest row ids (ops.dashboard), and a rolled-back test can leave the next one the same
+    ids over different rows (SQLite reuses them)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _breakers_closed():
     """Every test starts with the gateway's and the carrier's circuit breakers closed (they live in Redis)."""
     from orders.circuit_breaker import BREAKERS
