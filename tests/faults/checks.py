@@ -41,6 +41,17 @@ CHECKS = [
 ]
 
 
+def _story(ev_t: str, pk: int) -> str:
+    """The order's saga events, oldest first: what a failed check needs to be understood
+    from the CI log alone (the run's database is gone by the time anyone reads it)."""
+    return "\n".join(
+        f"    {created:%H:%M:%S.%f} {step or '(saga)'} {kind} #{attempt} [{key or ''}] {detail[:200]}"
+        for created, step, kind, attempt, key, detail in _rows(
+            f"SELECT created_at, step, kind, attempt, idempotency_key, detail FROM {ev_t} "
+            f"WHERE order_id = %s ORDER BY id", [pk])
+    )
+
+
 def _table(app_label: str, model: str) -> str:
     return apps.get_model(app_label, model)._meta.db_table
 
@@ -230,7 +241,8 @@ def run_checks(run: FaultRun) -> None:
         ["%:notify:shipped:sent", "%:notify:delivered:sent"],
     ):
         if pk in kinds:
-            v["no bookkeeping event twice"].append(f"order {pk}: {kind} {step or '(saga)'} attempt {attempt} x{n}")
+            v["no bookkeeping event twice"].append(
+                f"order {pk}: {kind} {step or '(saga)'} attempt {attempt} x{n}\n{_story(ev_t, pk)}")
 
     # Outcomes against the plans; Temporal against our database.
     for pk, kind in kinds.items():
@@ -238,7 +250,7 @@ def run_checks(run: FaultRun) -> None:
         if outcome not in kind.expect:
             v["sagas end as their plans say"].append(f"order {pk} ({kind.name}): {outcome}, expected {'/'.join(sorted(kind.expect))}")
         if kind.healthy and outcome != "completed":
-            v["no healthy order stuck"].append(f"order {pk} ({kind.name}): {outcome}")
+            v["no healthy order stuck"].append(f"order {pk} ({kind.name}): {outcome}\n{_story(ev_t, pk)}")
         wf_status, task_attempts = run.workflows.get(pk, ("?", 0))
         # A saga cancelled from Temporal compensates, then reports the cancel: CANCELED.
         closed_ok = {"COMPLETED", "CANCELED"} if outcome == "cancelled" else {"COMPLETED"}
