@@ -31,7 +31,14 @@ def database_refuse_connections(seconds: float) -> int:
         host=db.get("HOST") or "127.0.0.1", port=db.get("PORT") or 5432, user=db.get("USER") or None,
         password=db.get("PASSWORD") or None, dbname="postgres", autocommit=True,
     )
+    worker_sessions = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s")
     try:
+        # Strike while a worker holds a session: between two activities a worker may have
+        # none open (Django closes idle ones), and a refusal nobody meets proves nothing.
+        deadline = time.monotonic() + 15
+        while (admin.execute(worker_sessions, [name, WORKER_APPLICATION_NAME]).fetchone()[0] == 0
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                 "WHERE datname = %s AND pid <> pg_backend_pid() AND application_name = %s",
