@@ -21,7 +21,7 @@ from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, fo
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
 from .http import safe_next
 from .keyset import COUNT_CAP, PageRequest, keyset_page
-from .order_pages.presenters import rollback_lines
+from .order_pages.presenters import OrderLinks, rollback_lines
 from .permissions import OPERATE_SAGAS, VIEW_AUDIT_LOG, WORK_FOLLOWUPS, staff_required
 
 
@@ -47,8 +47,13 @@ def stuck(request: HttpRequest) -> HttpResponse:
     form = StuckFilterForm(request.GET or None)
     step = form.cleaned_data["step"] if form.is_bound and form.is_valid() else ""
     page = _page(request, selectors.stuck_orders(step=step))
+    links = OrderLinks()
     for order in selectors.stuck_holdings_attach(page.object_list):
         order.rollback_lines = rollback_lines(order.rollback) if order.rollback else []
+        order.step_label = str(order.get_current_step_display())  # once, not a lazy label per use
+        order.detail_url = links.detail(order.pk)
+        order.action_urls = {action: links.action(order.pk, action)
+                             for action in ("retry", "compensate", "retry_compensation")}
     return render(request, "ops/stuck.html", {
         "oldest_stuck_since": selectors.stuck_oldest_since(),
         "form": form,

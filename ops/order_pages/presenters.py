@@ -5,6 +5,7 @@ and times are template filters: ops.templatetags.saga_timeline.)
 
 from dataclasses import dataclass
 
+from django.urls import reverse
 from django.utils.functional import cached_property
 
 from django.template.defaultfilters import pluralize
@@ -63,6 +64,27 @@ ACTION_COPY = {
 # The look of each irreversible action's button: cancel is the red one.
 BUTTON_STYLE = {"compensate": "warning", "cancel": "danger", "lost_refund": "warning", "lost_reship": "warning"}
 ROLLBACK_ACTIONS = frozenset({"compensate", "cancel"})
+
+
+class OrderLinks:
+    """The order pages' URLs for a list of orders, reversed once per list.
+
+    A queue of 50 rows links each order and posts two actions from it: 150 reverse() calls
+    were a fifth of the stuck queue's render (about 10 ms). The URL's shape comes from the
+    urlconf, reversed with marker values, so a change of route still shows up here.
+    """
+
+    _PK, _ACTION = 987654321, "__action__"
+
+    def __init__(self) -> None:
+        self._detail = reverse("orders:detail", args=[self._PK])
+        self._action = reverse("orders:action", args=[self._PK, self._ACTION])
+
+    def detail(self, pk: int) -> str:
+        return self._detail.replace(str(self._PK), str(int(pk)))
+
+    def action(self, pk: int, action: str) -> str:
+        return self._action.replace(str(self._PK), str(int(pk))).replace(self._ACTION, action)
 
 
 def rollback_lines(preview: RollbackPreview) -> list[str]:
