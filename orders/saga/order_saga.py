@@ -77,6 +77,9 @@ PATCH_TRACKER_ID = "tracker-id-from-saga-id"
 # only such histories carry the marker; histories from before could not fail there (their
 # attempts were unbounded), so the old branch is a plain raise and may go at any time.
 PATCH_BOOKKEEPING_BOUNDED = "bookkeeping-bounded"
+# A lost worker's reruns are bounded on their own, not together with the reruns that waited
+# out our own outage or an open circuit (_rerun_allowed).
+PATCH_WORKER_LOSSES_APART = "worker-losses-bounded-apart"
 BOOKKEEPING_FAILING = "bookkeeping_failing"  # SagaStatus search attribute value meanwhile
 # v4 (issue 8). A saga that ends failed, rejected or cancelled tells the customer (once, after
 # its compensations, saying what was refunded). Asked where the saga ends, so a saga running
@@ -156,9 +159,19 @@ def _lost_attempt(err: Exception) -> str | None:
     return None
 
 
-def _rerun_allowed(lost: str | None, reruns: int) -> bool:
-    """Only lost workers are bounded: an outage of ours or an open circuit is waited out."""
-    return bool(lost) and (lost != "worker" or reruns < LOST_ATTEMPT_RERUNS)
+def _rerun_allowed(lost: str | None, reruns: int, worker_losses: int) -> bool:
+    """Only lost workers are bounded: an outage of ours or an open circuit is waited out.
+
+    `reruns` counts every rerun of the step, `worker_losses` those after a lost worker.
+    Before PATCH_WORKER_LOSSES_APART the bound was on all reruns, so a step that had waited
+    out an open circuit three times went stuck at the first lost worker (a healthy order,
+    seen in the fault suite); histories from before keep that answer on replay.
+    """
+    if not lost:
+        return False
+    if lost != "worker" or reruns < LOST_ATTEMPT_RERUNS:
+        return True
+    return worker_losses < LOST_ATTEMPT_RERUNS and workflow.patched(PATCH_WORKER_LOSSES_APART)
 
 
 def _circuit_wait(err: Exception) -> timedelta | None:
@@ -306,7 +319,7 @@ class OrderSagaWorkflow:
     async def _run_step(self, step: StepName) -> None:
         self._step = step
         workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(step.value)])
-        reruns = 0
+        reruns = worker_losses = 0
         while True:
             try:
                 await self._execute(step)
@@ -325,9 +338,11 @@ class OrderSagaWorkflow:
                     outcome = SagaState.REJECTED if step == StepName.VALIDATE else SagaState.COMPENSATED
                     raise StepFailed(step, message, outcome, effect_uncertain=step == StepName.SHIP)
                 lost = _lost_attempt(err)
-                if _rerun_allowed(lost, reruns) and workflow.patched(PATCH_LOST_ATTEMPTS):
+                if _rerun_allowed(lost, reruns, worker_losses) and workflow.patched(PATCH_LOST_ATTEMPTS):
                     reruns += 1
-                    await self._pause_before_rerun(step, lost, message, reruns, _circuit_wait(err))
+                    worker_losses += lost == "worker"
+                    await self._pause_before_rerun(step, lost, message, reruns, _circuit_wait(err),
+                                                   worker_losses=worker_losses)
                     if await self._cancel_wins():
                         raise StepFailed(step, self._cancel_reason(), SagaState.CANCELLED, effect_uncertain=True)
                     continue
@@ -340,12 +355,15 @@ class OrderSagaWorkflow:
                 raise StepFailed(step, message, outcome, effect_uncertain=True)
 
     async def _pause_before_rerun(self, step: StepName, lost: str, message: str, rerun: int,
-                                  circuit_wait: timedelta | None = None, *, wake_on_cancel: bool = True) -> None:
+                                  circuit_wait: timedelta | None = None, *, wake_on_cancel: bool = True,
+                                  worker_losses: int = 0) -> None:
         """Record why the step runs again, then wait a little (waking early for a cancel,
-        except in a compensation, which runs whatever was cancelled)."""
+        except in a compensation, which runs whatever was cancelled). The pause grows with
+        every rerun; the bound the event states is on lost workers only (_rerun_allowed)."""
         if lost == "worker":
             detail = (f"The worker running this step was lost ({message}); not the step's failure: "
-                      f"running it again (rerun {rerun} of {LOST_ATTEMPT_RERUNS})")
+                      f"running it again (rerun {worker_losses or rerun} of {LOST_ATTEMPT_RERUNS} "
+                      "after a lost worker)")
         else:
             detail = f"{message}; not the step's failure: running it again (rerun {rerun})"
         if lost != "circuit":  # the activity already recorded that it waits for the circuit
@@ -458,7 +476,7 @@ class OrderSagaWorkflow:
         self._step = StepName.NOTIFY
         workflow.upsert_search_attributes([sa.CURRENT_STEP.value_set(StepName.NOTIFY.value)])
         followup_open = False
-        reruns = 0
+        reruns = worker_losses = 0
         while True:
             if self._temporal_cancel:
                 # After shipping a cancel rolls nothing back; nobody needs to follow up.
@@ -477,12 +495,14 @@ class OrderSagaWorkflow:
                 if isinstance(err, asyncio.CancelledError):
                     raise  # v2's cancellation path
                 lost = _lost_attempt(err)
-                if _rerun_allowed(lost, reruns) and workflow.patched(PATCH_LOST_ATTEMPTS):
+                if _rerun_allowed(lost, reruns, worker_losses) and workflow.patched(PATCH_LOST_ATTEMPTS):
                     # No mail was attempted, or the worker died: not the customer's address.
                     reruns += 1
-                    await self._pause_before_rerun(StepName.NOTIFY, lost, _failure_message(err), reruns)
+                    worker_losses += lost == "worker"
+                    await self._pause_before_rerun(StepName.NOTIFY, lost, _failure_message(err), reruns,
+                                                   worker_losses=worker_losses)
                     continue
-                reruns = 0
+                reruns = worker_losses = 0
                 # Notifying is after the sale: a failure never rolls back, a person follows up.
                 await self._followup_activity(
                     activities.open_followup, f"Could not notify the customer: {_failure_message(err)}"
@@ -542,7 +562,7 @@ class OrderSagaWorkflow:
         for step in steps:
             arg = StepInput(order_id=self._input.order_id, step=step, idempotency_key=self._key(step, ":compensate"))
             retry = compensation_retry_policy(self._input.retry, bounded=bounded)
-            reruns = 0
+            reruns = worker_losses = 0
             while True:
                 try:
                     if STEP_POLICIES[step].local:
@@ -561,10 +581,12 @@ class OrderSagaWorkflow:
                     # A lost worker, our own outage or an open circuit is not the compensation
                     # failing: waited out (as for steps) instead of ending compensation_stuck.
                     lost = _lost_attempt(err)
-                    if _rerun_allowed(lost, reruns):
+                    if _rerun_allowed(lost, reruns, worker_losses):
                         reruns += 1
+                        worker_losses += lost == "worker"
                         await self._pause_before_rerun(step, lost, _failure_message(err), reruns,
-                                                       _circuit_wait(err), wake_on_cancel=False)
+                                                       _circuit_wait(err), wake_on_cancel=False,
+                                                       worker_losses=worker_losses)
                         continue
                     failed.append((step, _failure_message(err)))
                     break
