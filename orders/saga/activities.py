@@ -143,6 +143,14 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
     # The activity id tells a second run of the step (an operator's retry) from a re-run
     # of the same attempt after a crash, which must write nothing new.
     round_key = f"{inp.idempotency_key}:{info.activity_id}"
+    if info.is_local and not compensation:
+        # Not for a local step: its id is its place among the workflow's commands, and a
+        # workflow task lost after the step ran (its worker killed) is run again from the
+        # history, where it may take another path first (a rerun after our database
+        # refused it), so the same first attempt came back under another id and recorded
+        # a second 'started'. Its attempt number already tells the runs apart: each new
+        # run of a step counts on from the last (StepInput.attempt_offset).
+        round_key = f"{inp.idempotency_key}:local"
 
     def started():
         saga_step_started(order_id=inp.order_id, step=inp.step.value, step_key=round_key, attempt=attempt,
