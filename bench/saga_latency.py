@@ -14,6 +14,7 @@ with --database-url is flushed first.
 import argparse
 import asyncio
 import os
+from collections import Counter
 import statistics
 import sys
 import time
@@ -26,6 +27,8 @@ from temporalio import activity, workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.cpu import cpu_snapshot, cpu_spent  # noqa: E402
 
 
 @activity.defn(name="bench_noop")
@@ -68,6 +71,16 @@ def configure(database_url: str | None) -> None:
         call_command("flush", interactive=False, verbosity=0)  # a dedicated benchmark database
 
 
+def first_step_waits(after_order_id: int) -> list[float]:
+    """Seconds from each order's creation to its first saga event (validate starting)."""
+    from django.db.models import Min
+
+    from orders.models import Order
+
+    rows = Order.objects.filter(pk__gt=after_order_id).annotate(first=Min("events__created_at"))
+    return [(o.first - o.created_at).total_seconds() for o in rows if o.first is not None]
+
+
 def where_time_goes(history) -> dict[str, float]:
     """Split a saga's wall time into workflow tasks on the worker (which include the local
     activities), regular activities running, and the server handing tasks over."""
@@ -90,6 +103,18 @@ def where_time_goes(history) -> dict[str, float]:
         "regular activities": activities,
         "server dispatch": total - on_worker - activities,
     }
+
+
+def task_timeouts(history) -> Counter:
+    """Workflow tasks that timed out in a history, by kind: start-to-close (taken by a
+    worker, not completed in time) or schedule-to-start (left waiting on a worker's sticky
+    queue, then handed to any worker, which replays the whole history)."""
+    from temporalio.api.enums.v1 import TimeoutType
+
+    return Counter(
+        TimeoutType.Name(e.workflow_task_timed_out_event_attributes.timeout_type).removeprefix("TIMEOUT_TYPE_").lower()
+        for e in history.events if e.WhichOneof("attributes") == "workflow_task_timed_out_event_attributes"
+    )
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -147,10 +172,31 @@ async def measure(args, server):
             await fn()
         return [await fn() for _ in range(n)]
 
-    async def concurrent(fn, n):
+    cpu_parts = {"this process (workers, client)": [os.getpid()], "Temporal dev server": [server.process.pid]}
+
+    async def concurrent(fn, n, name):
+        before = cpu_snapshot(cpu_parts)
         started = time.perf_counter()
         await asyncio.gather(*(fn() for _ in range(n)))
-        return n / (time.perf_counter() - started)
+        rate = n / (time.perf_counter() - started)
+        cpu_per_workflow[name] = {part: seconds / n for part, seconds in cpu_spent(before).items()}
+        return rate
+
+    async def burst_phase(n, queues):
+        """n orders placed at once (a flash sale, a bulk import): every saga must complete,
+        no workflow task may time out, and the wait for a first step stays bounded."""
+        use_queues(queues)
+        first_id = await sync_to_async(lambda: (Order.objects.order_by("-pk").values_list("pk", flat=True).first() or 0))()
+        started = time.perf_counter()
+        await asyncio.gather(*(one_saga() for _ in range(n)))
+        elapsed = time.perf_counter() - started
+        orders = await sync_to_async(lambda: list(Order.objects.filter(pk__gt=first_id)))()
+        timeouts = Counter()
+        for order in orders:
+            timeouts += task_timeouts(await client.get_workflow_handle(order.workflow_id).fetch_history())
+        first_steps = await sync_to_async(first_step_waits)(first_id)
+        return {"orders": len(orders), "seconds": elapsed, "task timeouts": timeouts,
+                "first step wait max": max(first_steps), "first step wait p50": percentile(first_steps, 50)}
 
     def use_queues(queues):
         # Orders start their saga on settings.SAGA_TASK_QUEUE; the saga sends charges to
@@ -158,6 +204,8 @@ async def measure(args, server):
         settings.SAGA_TASK_QUEUE, settings.PAYMENTS_TASK_QUEUE = queues
 
     results = {}
+    cpu_per_workflow: dict[str, dict[str, float]] = {}
+    burst = None
     try:
         results["bare workflow, 6 no-op activities"] = (await sequential(one_bare, args.sequential), None)
         use_queues(sandboxed_queues)
@@ -168,18 +216,20 @@ async def measure(args, server):
             use_queues(plain_queues)
             plain_lat = await sequential(one_saga, args.sequential)
         # Throughput phases one after another, in the same order.
-        bare_tput = await concurrent(one_bare, args.concurrent)
+        bare_tput = await concurrent(one_bare, args.concurrent, BARE)
         results["bare workflow, 6 no-op activities"] = (results["bare workflow, 6 no-op activities"][0], bare_tput)
         use_queues(sandboxed_queues)
-        results[SAGA] = (saga_lat, await concurrent(one_saga, args.concurrent))
+        results[SAGA] = (saga_lat, await concurrent(one_saga, args.concurrent, SAGA))
         if args.unsandboxed:
             use_queues(plain_queues)
-            results[SAGA_PLAIN] = (plain_lat, await concurrent(one_saga, args.concurrent))
+            results[SAGA_PLAIN] = (plain_lat, await concurrent(one_saga, args.concurrent, SAGA_PLAIN))
+        if args.burst:
+            burst = await burst_phase(args.burst, sandboxed_queues if settings.WORKFLOW_SANDBOX else plain_queues)
     finally:
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*runs, return_exceptions=True)
 
-    return results, breakdown
+    return results, breakdown, cpu_per_workflow, burst
 
 
 BARE = "bare workflow, 6 no-op activities"
@@ -200,7 +250,7 @@ async def main(args) -> None:
         results = await measure(args, server)
     finally:
         server.stop()  # also when the run fails: no dev server left behind
-    results, breakdown = results
+    results, breakdown, cpu_per_workflow, burst = results
 
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     print(f"database: {engine}; sequential runs: {args.sequential}; in flight for throughput: {args.concurrent}; "
@@ -209,6 +259,11 @@ async def main(args) -> None:
     for name, (lat, tput) in results.items():
         print(f"{name:38}{percentile(lat, 50) * 1000:9.0f}{percentile(lat, 95) * 1000:9.0f}"
               f"{statistics.mean(lat) * 1000:9.0f}{tput:10.1f}")
+    print(f"CPU per workflow in the throughput phase, ms ({os.cpu_count()} CPUs on the machine):")
+    for name, parts in cpu_per_workflow.items():
+        total = sum(parts.values())
+        print(f"  {name:36} total {total * 1000:6.1f}: " + ", ".join(
+            f"{part} {seconds * 1000:.1f}" for part, seconds in parts.items()))
     print("one sequential saga, from its history (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in breakdown.items()))
     bare_lat, bare_tput = results[BARE]
     missed = []
@@ -222,6 +277,12 @@ async def main(args) -> None:
               f"throughput x{thr:.2f} (aim x{AIM_THROUGHPUT:.1f} or more)")
         if name == (SAGA if settings.WORKFLOW_SANDBOX else SAGA_PLAIN) and (p50 >= AIM_P50 or thr < AIM_THROUGHPUT):
             missed.append(name)
+    if burst is not None:
+        print(f"burst: {burst['orders']} orders placed at once, all completed in {burst['seconds']:.1f} s; "
+              f"workflow task timeouts {sum(burst['task timeouts'].values())} (aim 0{'; ' + ', '.join(f'{k} {v}' for k, v in burst['task timeouts'].items()) if burst['task timeouts'] else ''}); wait from placing an order to its first "
+              f"step p50 {burst['first step wait p50']:.1f} s, max {burst['first step wait max']:.1f} s")
+        if burst["task timeouts"]:
+            missed.append("burst")
     if missed:
         print(f"aims missed by the configured runner ({'sandbox' if settings.WORKFLOW_SANDBOX else 'no sandbox'})")
         if args.strict:
@@ -236,6 +297,8 @@ if __name__ == "__main__":
     parser.add_argument("--database-url")
     parser.add_argument("--unsandboxed", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the saga without the workflow sandbox")
+    parser.add_argument("--burst", type=int, default=200,
+                        help="orders placed at once at the end, checked for workflow task timeouts (0: none)")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when the configured runner misses an aim (p50 below bare, throughput x0.9)")
     arguments = parser.parse_args()

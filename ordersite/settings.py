@@ -270,6 +270,14 @@ SAGA_TASK_QUEUE = os.environ.get("SAGA_TASK_QUEUE", "orders")
 # Run workflows in Temporal's sandbox (see orders/saga/worker.py and docs/benchmarks.md).
 WORKFLOW_SANDBOX = env_bool("WORKFLOW_SANDBOX", True)
 PAYMENTS_TASK_QUEUE = os.environ.get("PAYMENTS_TASK_QUEUE", "payments")
+# Per order worker: workflow tasks and local activities in hand at once. More than the
+# process can run in its time slice only queues them in here, where a workflow task's
+# clock runs (10 s), instead of in Temporal's queue for new sagas, where none does: a burst
+# of 200 orders timed 9 tasks out with the SDK's 100 of each, none with 10 or 20; with 5,
+# continuing sagas waited on the worker's sticky queue past its 10 s instead (17 timeouts).
+# Measured by bench/saga_latency.py --burst (docs/benchmarks.md).
+SAGA_WORKER_WORKFLOW_TASKS = int(os.environ.get("SAGA_WORKER_WORKFLOW_TASKS", "20"))
+SAGA_WORKER_LOCAL_ACTIVITIES = int(os.environ.get("SAGA_WORKER_LOCAL_ACTIVITIES", "20"))
 # The payment gateway is rate limited: at most this many charges/refunds at once per worker.
 PAYMENTS_MAX_CONCURRENCY = int(os.environ.get("PAYMENTS_MAX_CONCURRENCY", "8"))
 # Initial retry interval of every step; tests shorten it to keep stuck sagas quick.

@@ -138,6 +138,8 @@ def build_workers(
                 activity_executor=executor,
                 workflow_runner=workflow_runner(sandboxed),
                 max_concurrent_activities=24,
+                max_concurrent_workflow_tasks=settings.SAGA_WORKER_WORKFLOW_TASKS,
+                max_concurrent_local_activities=settings.SAGA_WORKER_LOCAL_ACTIVITIES,
                 interceptors=interceptors,
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             )
