@@ -34,5 +34,7 @@ USER app
 
 EXPOSE 8000
 # Forwarded headers are trusted only from FORWARDED_ALLOW_IPS (uvicorn's default: loopback).
+# No permessage-deflate on the live pages' sockets: compressing each frame once per socket
+# was a third of the web process's CPU and the p99 of a frame's delay (docs/benchmarks.md).
 CMD ["uvicorn", "ordersite.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
-     "--lifespan", "off", "--proxy-headers"]
+     "--lifespan", "off", "--proxy-headers", "--ws-per-message-deflate", "false"]

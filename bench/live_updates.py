@@ -241,7 +241,9 @@ def main() -> int:
                         help="start the sagas evenly over this many seconds (default: within one event interval, "
                              "i.e. in lockstep)")
     parser.add_argument("--target-ms", type=float, default=20.0, help="p99 aim, for the verdict line")
-    parser.add_argument("--no-deflate", action="store_true", help="clients do not negotiate permessage-deflate")
+    parser.add_argument("--no-deflate", action="store_true", help="clients do not offer permessage-deflate")
+    parser.add_argument("--server-deflate", action="store_true",
+                        help="the server accepts permessage-deflate (deployments turn it off)")
     parser.add_argument("--debug", action="store_true", help="run the server with DEBUG=1 (default: DEBUG=0, as deployed)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a frame was dropped or p99 missed the aim")
     parser.add_argument("--details", action="store_true", help="also print the delays per second of the run")
@@ -255,6 +257,8 @@ def main() -> int:
     import psutil
 
     scratch = Path(tempfile.mkdtemp(prefix="live-bench-"))
+    # One key for this process (which signs the clients' session cookie) and the server.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     setup_django(scratch)
     from django.conf import settings
 
@@ -262,14 +266,20 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DEBUG": "1" if args.debug else "0",
            "DJANGO_ENV": "development" if args.debug else "production",
            # As deployed, but over plain http on loopback.
-           "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50), "SECURE_SSL_REDIRECT": "0",
-           "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0"}
+           "SECRET_KEY": os.environ["SECRET_KEY"], "SECURE_SSL_REDIRECT": "0",
+           "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0",
+           # The outside adapters are named by settings in production; the bench's are the
+           # sandbox's (no call reaches them: the server only renders and sends).
+           "SANDBOX_ENABLED": "1", "SANDBOX_FAULTS_ENABLED": "0",
+           "CARRIER_WEBHOOK_SECRET": os.environ.get("CARRIER_WEBHOOK_SECRET") or secrets.token_urlsafe(32)}
     port = free_port()
     server = subprocess.Popen(
         # BENCH_SERVER_CMD: run another server command (a profiling wrapper, say); it gets --port.
         (os.environ["BENCH_SERVER_CMD"].split() + ["--port", str(port)]) if os.environ.get("BENCH_SERVER_CMD") else
         [sys.executable, "-m", "uvicorn", "ordersite.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log", "--workers", str(args.workers)],
+         "--log-level", "warning", "--no-access-log", "--workers", str(args.workers),
+         # As deployed (Dockerfile, docker-compose, Procfile.dev); --server-deflate for the old way.
+         "--ws-per-message-deflate", "true" if args.server_deflate else "false"],
         cwd=ROOT, env=env,
     )
     clients = None
@@ -348,7 +358,7 @@ def main() -> int:
     start = f"started over {args.spread:g} s" if args.spread > 1 / args.rate else "in lockstep"
     print(f"Live updates: {args.clients} sockets on {args.orders} order-detail pages, {args.orders} sagas x "
           f"{len(SAGA_EVENTS)} events at {args.rate:g}/s each, {start} ({events / drive_seconds:.0f} events/s); "
-          f"uvicorn x{args.workers} (DEBUG={int(args.debug)}, permessage-deflate {'off' if args.no_deflate else 'on'}), "
+          f"uvicorn x{args.workers} (DEBUG={int(args.debug)}, permessage-deflate {'on' if args.server_deflate and not args.no_deflate else 'off'}), "
           f"{database}, {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]} on {settings.REDIS_URL}")
     print(f"  sockets connected with their first render in {connect_seconds:.2f} s")
     print(f"  frames expected {expected}, received {len(delivered)}, dropped {dropped}"

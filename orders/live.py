@@ -339,21 +339,21 @@ class LiveConsumer(AccessFollowingConsumer):
         else:
             self._pending_commit = None  # the event needed no frame: nothing to time
 
-    def coalesce(self, send: Callable[[float], Awaitable[None]]) -> None:
-        """Answer a burst of events with one `send(requested_at)` COALESCE_SECONDS after its
+    def coalesce(self, send: Callable[[float], Awaitable[None]], seconds: float = COALESCE_SECONDS) -> None:
+        """Answer a burst of events with one `send(requested_at)` `seconds` after its
         first event; events that arrive meanwhile (or during the send) get one more.
         `requested_at` is when the first event it answers arrived: a render shared with
         other sockets may be reused only if it started after that."""
         if self._coalesce_since is None:
             self._coalesce_since = time.monotonic()
         if self._coalesce_task is None:
-            self._coalesce_task = asyncio.ensure_future(self._coalesced(send))
+            self._coalesce_task = asyncio.ensure_future(self._coalesced(send, seconds))
 
-    async def _coalesced(self, send: Callable[[float], Awaitable[None]]) -> None:
+    async def _coalesced(self, send: Callable[[float], Awaitable[None]], seconds: float) -> None:
         # No await between the check and clearing the task, so an event cannot slip between them.
         try:
             while self._coalesce_since is not None:
-                await asyncio.sleep(COALESCE_SECONDS)
+                await asyncio.sleep(seconds)
                 requested_at, self._coalesce_since = self._coalesce_since, None
                 await send(requested_at)
         finally:

@@ -158,6 +158,8 @@ def order_exists(order_id: int) -> bool:
 
 # --- consumers ----------------------------------------------------------------------------
 
+WATERFALL_REDRAW_SECONDS = 1.0
+
 
 class OrderListConsumer(StaffConsumer):
     """ws/orders/: a row for every order a saga event touches."""
@@ -199,10 +201,12 @@ class OrderDetailConsumer(StaffConsumer):
 
     async def saga_event(self, message):
         await self.send_safely(lambda: self._event_frame(message["event"]))
-        # The waterfall redraws every row and rescales its axis, so a burst of events (a
-        # saga records several within milliseconds) gets one redraw, after the burst.
+        # The waterfall redraws every row and rescales its axis from all the saga's events,
+        # so a burst of events gets one redraw, after the burst, and a busy saga one a
+        # second: redrawn per event it was a fifth of the server's CPU with 20 busy sagas
+        # (bench/live_updates.py), competing with the frames that carry the events.
         self._waterfall_after = message["event"]["id"]
-        self.coalesce(self._send_waterfall)
+        self.coalesce(self._send_waterfall, WATERFALL_REDRAW_SECONDS)
 
     async def _send_waterfall(self, requested_at: float) -> None:
         # Shared by every socket of the process on this order that saw the same last event:
