@@ -131,10 +131,25 @@ def _state_moved(part: str, order: Order, state: tuple) -> bool:
     return moved
 
 
+# The operator buttons as last rendered, by everything their template reads (only the
+# reader thread touches it): a step starting or a status moving re-checks which actions
+# fit (a few queries), but the buttons are mostly the same as before, and their template
+# was a tenth of the web process's CPU with 20 busy sagas (bench/live_updates.py).
+_actions_html: dict[tuple, str] = {}
+
+
 def render_actions(order: Order, permissions: frozenset[str]) -> str:
     """The operator buttons: they depend on the user, so they are rendered per permission set."""
-    context = {"actions": ActionButtons(order_actions(order, permissions)), "order": order, "oob": True}
-    return render_to_string("orders/partials/order_actions.html", context)
+    buttons = ActionButtons(order_actions(order, permissions))
+    key = (order.pk, permissions, tuple(buttons.fitting.actions), buttons.may_act, order.number, order.customer_email,
+           order.current_step, tuple(buttons.rollback_lines))
+    html = _actions_html.get(key)
+    if html is None:
+        if len(_actions_html) > 20_000:
+            _actions_html.clear()  # a bound, not a cache policy: forgetting only costs a render
+        html = _actions_html[key] = render_to_string(
+            "orders/partials/order_actions.html", {"actions": buttons, "order": order, "oob": True})
+    return html
 
 
 def render_row(order_id: int) -> str:
