@@ -106,10 +106,10 @@ class Fleet:
         self.env, self.logs = env, logs
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list[str], **env: str) -> None:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-        self.processes[name] = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**self.env, **env},
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal(self, name: str, sig: int) -> None:
         process = self.processes[name]
@@ -170,6 +170,7 @@ def setup(args, temporal_address: str, suffix: str) -> dict:
         "SANDBOX_ENABLED": "1",
         "SANDBOX_FAULTS_ENABLED": "0",
         "SECRET_KEY": secrets.token_urlsafe(50),
+        "CARRIER_WEBHOOK_SECRET": secrets.token_urlsafe(32),
         "SECURE_SSL_REDIRECT": "0",
         "SESSION_COOKIE_SECURE": "0",
         "CSRF_COOKIE_SECURE": "0",
@@ -267,12 +268,15 @@ def main() -> int:
         web_ports = [free_port(), free_port()]
         for i, port in enumerate(web_ports, 1):
             fleet.start(f"web-{i}", ["-m", "uvicorn", "ordersite.asgi:application", "--host", "127.0.0.1",
-                                     "--port", str(port), "--log-level", "warning", "--no-access-log", "--lifespan", "off"])
+                                     "--port", str(port), "--log-level", "warning", "--no-access-log", "--lifespan", "off",
+                                     "--ws-per-message-deflate", "false"])
         for name, queues in (("orders-1", "orders"), ("orders-2", "orders"), ("payments-1", "payments")):
             fleet.start(name, ["manage.py", "run_worker", "--queues", queues])
         for i in (1, 2):
             fleet.start(f"celery-{i}", ["-m", "celery", "-A", "ordersite", "worker", "--concurrency", "1",
-                                        "--loglevel", "INFO", "-n", f"scale{i}-{suffix}@%h"])
+                                        "--loglevel", "INFO", "-n", f"scale{i}-{suffix}@%h"],
+                        # Its "ready." line is at INFO; the app's logging config applies LOG_LEVEL.
+                        LOG_LEVEL="INFO")
         for port in web_ports:
             wait_http(port)
         for name in ("orders-1", "orders-2", "payments-1"):
