@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from django.db.models import Q, QuerySet
 
 from orders.models import Order
-from orders.services.commands import operator_action_check
+from orders.services.commands import OrderFacts, operator_action_check
 from orders.status import STUCK_SAGA_STATUSES, SagaStatus
 
 from ..dates import day_start
@@ -120,9 +120,10 @@ def user_action_permissions(user) -> frozenset[str]:
 
 def order_actions(order: Order, permissions: frozenset[str]) -> OrderActions:
     """The operator actions this order's state allows and the permissions cover."""
+    facts = OrderFacts(order)
     actions = [
         action for action in ACTION_ORDER
-        if ACTION_PERMISSIONS[action] in permissions and operator_action_check(order, action) is None
+        if ACTION_PERMISSIONS[action] in permissions and operator_action_check(order, action, facts) is None
     ]
     return OrderActions(order=order, actions=actions, may_act=bool(permissions))
 
