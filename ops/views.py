@@ -19,7 +19,7 @@ from . import selectors
 from .dashboard import dashboard_figures_html
 from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
-from .http import safe_next
+from .http import ReversedOnce, safe_next
 from .keyset import COUNT_CAP, PageRequest, keyset_page
 from .order_pages.presenters import OrderLinks, rollback_lines
 from .permissions import OPERATE_SAGAS, VIEW_AUDIT_LOG, WORK_FOLLOWUPS, staff_required
@@ -65,12 +65,28 @@ def stuck(request: HttpRequest) -> HttpResponse:
     })
 
 
+def _with_links(followups):
+    """Each row's URLs (its order, claim, release, note, its own re-render, resend and
+    resolve), reversed once per page rather than seven times a row (ReversedOnce)."""
+    orders = OrderLinks()
+    claim, release, note, row = (ReversedOnce(f"ops:followup_{name}", ReversedOnce.INT)
+                                 for name in ("claim", "release", "note_add", "row"))
+    for followup in followups:
+        followup.claim_url, followup.release_url = claim(followup.pk), release(followup.pk)
+        followup.note_url, followup.row_url = note(followup.pk), row(followup.pk)
+        followup.order_url = orders.detail(followup.order_id)
+        followup.resend_url = orders.action(followup.order_id, "resend")
+        followup.resolve_url = orders.action(followup.order_id, "resolved")
+    return followups
+
+
 @require_GET
 @staff_required()
 def followups(request: HttpRequest) -> HttpResponse:
     form = FollowUpViewForm(request.GET or None)
     view = form.selected()
     page = _page(request, selectors.followup_queue(view=view))
+    _with_links(page.object_list)
     return render(request, "ops/followups.html", {
         "form": form,
         "view": view,
@@ -87,7 +103,7 @@ def _followup_row(request: HttpRequest, followup_id: int, *, error: str = "", no
     except FollowUp.DoesNotExist:
         raise Http404("No such follow-up.") from None
     response = render(request, "ops/partials/followup.html", {
-        "followup": followup,
+        "followup": _with_links([followup])[0],
         "can_work": request.user.has_perm(WORK_FOLLOWUPS),
         "note_form": note_form or FollowUpNoteForm(),
         "row_error": error,
