@@ -356,13 +356,13 @@ class OrderSagaWorkflow:
 
     async def _pause_before_rerun(self, step: StepName, lost: str, message: str, rerun: int,
                                   circuit_wait: timedelta | None = None, *, wake_on_cancel: bool = True,
-                                  worker_losses: int = 0) -> None:
+                                  worker_losses: int) -> None:
         """Record why the step runs again, then wait a little (waking early for a cancel,
         except in a compensation, which runs whatever was cancelled). The pause grows with
         every rerun; the bound the event states is on lost workers only (_rerun_allowed)."""
         if lost == "worker":
             detail = (f"The worker running this step was lost ({message}); not the step's failure: "
-                      f"running it again (rerun {worker_losses or rerun} of {LOST_ATTEMPT_RERUNS} "
+                      f"running it again (rerun {worker_losses} of {LOST_ATTEMPT_RERUNS} "
                       "after a lost worker)")
         else:
             detail = f"{message}; not the step's failure: running it again (rerun {rerun})"
