@@ -55,6 +55,7 @@ except ImportError:
     sys.exit("honcho is missing: run `make install`")
 PROCFILE = ROOT / "Procfile.dev"
 SEARCH_ATTRIBUTES_FILE = ROOT / "ordersite" / "search_attributes.py"
+DYNAMIC_CONFIG_FILE = ROOT / "ordersite" / "temporal_dynamic_config.py"
 INFRA = ("temporal", "redis")  # the Procfile entries of `--infra-only`
 
 WEB_HOST = "127.0.0.1"
@@ -200,13 +201,23 @@ def run_step(out: Output, env: dict[str, str], argv: list[str]) -> None:
         raise StartupError(f"`{command}` failed with exit code {proc.returncode}")
 
 
-def search_attribute_args() -> str:
-    """The one list (ordersite/search_attributes.py) as `start-dev` options. Loaded by file
-    path: importing the `ordersite` package would set up Celery for nothing."""
-    spec = importlib.util.spec_from_file_location("_search_attributes", SEARCH_ATTRIBUTES_FILE)
+def _load_by_path(name: str, path: Path):
+    # Loaded by file path: importing the `ordersite` package would set up Celery for nothing.
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def search_attribute_args() -> str:
+    """The one list (ordersite/search_attributes.py) as `start-dev` options."""
+    module = _load_by_path("_search_attributes", SEARCH_ATTRIBUTES_FILE)
     return " ".join(f"--search-attribute {name}={kind}" for name, kind in module.SEARCH_ATTRIBUTES.items())
+
+
+def dynamic_config_args() -> str:
+    """The server settings the app's latency depends on (ordersite/temporal_dynamic_config.py)."""
+    return " ".join(_load_by_path("_temporal_dynamic_config", DYNAMIC_CONFIG_FILE).start_dev_flags())
 
 
 def plan_temporal(out: Output, env: dict[str, str]) -> bool:
@@ -232,6 +243,7 @@ def plan_temporal(out: Output, env: dict[str, str]) -> bool:
     env["TEMPORAL_UI_PORT"] = str(port + 1000)
     env.setdefault("TEMPORAL_UI_URL", f"http://localhost:{port + 1000}")
     env["TEMPORAL_SEARCH_ATTRIBUTE_ARGS"] = search_attribute_args()
+    env["TEMPORAL_DYNAMIC_CONFIG_ARGS"] = dynamic_config_args()
     out.say(f"Temporal: a dev server on {host}:{port}, state in {VAR / 'temporal.db'}")
     return True
 

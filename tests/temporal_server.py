@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from orders.saga.search_attributes import cli_flags
+from ordersite.temporal_dynamic_config import start_dev_flags
 
 
 def free_port() -> int:
@@ -51,7 +52,7 @@ class DevServer:
         args = [
             temporal_cli(), "server", "start-dev", "--headless",
             "--ip", "127.0.0.1", "--port", str(self.port), "--http-port", str(self._http_port),
-            "--metrics-port", str(self._metrics_port), "--log-level", "error", *cli_flags(),
+            "--metrics-port", str(self._metrics_port), "--log-level", "error", *cli_flags(), *start_dev_flags(),
         ]
         if self.db_filename:
             args += ["--db-filename", self.db_filename]
