@@ -8,7 +8,8 @@ under var/bench/; with --database-url it uses (and migrates) that database inste
 must not be one the tests use. Prints p50/p95 end-to-end latency of sequential runs and
 orders completed per second with many in flight, for the happy-path saga and for a bare
 workflow of six no-op regular activities, and the ratio of the two. The database given
-with --database-url is flushed first.
+with --database-url is flushed first. The workers run as deployed (bench/deployed_env.py:
+DEBUG off, persistent database connections); --debug runs them as `make run` does.
 """
 
 import argparse
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.cpu import cpu_snapshot, cpu_spent  # noqa: E402
+from bench.deployed_env import deployed_env  # noqa: E402
 
 
 @activity.defn(name="bench_noop")
@@ -47,7 +49,7 @@ class BareWorkflow:
         return n
 
 
-def configure(database_url: str | None) -> None:
+def configure(database_url: str | None, debug: bool = False) -> None:
     bench_dir = ROOT / "var" / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     if database_url:
@@ -58,7 +60,13 @@ def configure(database_url: str | None) -> None:
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         os.environ["DATABASE_URL"] = f"sqlite:///{db}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
-    os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
+    if debug:
+        os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
+    else:
+        # The worker as deployed: DEBUG on logs every query (a tenth of the worker's CPU
+        # here) and, with DB_CONN_MAX_AGE=0, each activity opened a database connection.
+        for name, value in deployed_env().items():
+            os.environ.setdefault(name, value)
     os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
     os.environ["LOG_LEVEL"] = "WARNING"
     import django
@@ -253,6 +261,8 @@ async def main(args) -> None:
     results, breakdown, cpu_per_workflow, burst = results
 
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    print(f"DEBUG={int(settings.DEBUG)}, DB_CONN_MAX_AGE={settings.DATABASES['default']['CONN_MAX_AGE']}, "
+          f"sandbox {'on' if settings.WORKFLOW_SANDBOX else 'off'} for the configured runner")
     print(f"database: {engine}; sequential runs: {args.sequential}; in flight for throughput: {args.concurrent}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'':38}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'orders/s':>10}")
@@ -299,10 +309,12 @@ if __name__ == "__main__":
                         help="also measure the saga without the workflow sandbox")
     parser.add_argument("--burst", type=int, default=200,
                         help="orders placed at once at the end, checked for workflow task timeouts (0: none)")
+    parser.add_argument("--debug", action="store_true",
+                        help="run the workers with DEBUG on, as `make run` does (default: as deployed)")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when the configured runner misses an aim (p50 below bare, throughput x0.9)")
     arguments = parser.parse_args()
-    configure(arguments.database_url)
+    configure(arguments.database_url, arguments.debug)
     asyncio.run(main(arguments))
     sys.stdout.flush()
     os._exit(0)  # the Temporal client can crash at interpreter exit (known SDK issue)

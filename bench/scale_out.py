@@ -43,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.deployed_env import deployed_env  # noqa: E402
 from bench.live_updates import free_port, percentile  # noqa: E402
 
 EVENT_ID = re.compile(r'data-event-id="(\d+)"')
@@ -163,18 +164,7 @@ def setup(args, temporal_address: str, suffix: str) -> dict:
         "TEMPORAL_ADDRESS": temporal_address,
         "SAGA_TASK_QUEUE": f"orders-{suffix}",
         "PAYMENTS_TASK_QUEUE": f"payments-{suffix}",
-        # As deployed, but over plain http on loopback, with the sandbox standing in for the
-        # gateway, carrier and mailer (no fault injection).
-        "DJANGO_ENV": "production",
-        "DEBUG": "0",
-        "SANDBOX_ENABLED": "1",
-        "SANDBOX_FAULTS_ENABLED": "0",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "CARRIER_WEBHOOK_SECRET": secrets.token_urlsafe(32),
-        "SECURE_SSL_REDIRECT": "0",
-        "SESSION_COOKIE_SECURE": "0",
-        "CSRF_COOKIE_SECURE": "0",
-        "DB_CONN_MAX_AGE": "60",
+        **deployed_env(),
         "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
