@@ -22,8 +22,10 @@ from .delivery_tracker import DeliveryTrackingWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from ..errors import NON_RETRYABLE_ERRORS, NOT_COUNTED_TOWARD_STUCK, InfrastructureUnavailable
-    from . import activities
-    from . import search_attributes as sa
+    # By their full names: `from . import` names the package, which the sandbox does not
+    # pass through, so these modules ran again (activities and all) for every workflow run.
+    import orders.saga.activities as activities
+    import orders.saga.search_attributes as sa
     from .policies import (
         BOOKKEEPING_TIMEOUT,
         COMPENSATION_TIMEOUT,

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     # By its full name: `from . import` names the package, which the sandbox does not pass
     # through, and the activities would be defined (and registered) a second time.
     import orders.saga.return_activities as acts
-    from . import search_attributes as sa
+    import orders.saga.search_attributes as sa
     from .policies import (
         BOOKKEEPING_TIMEOUT,
         RETURN_NOTIFY_POLICY,
