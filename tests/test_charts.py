@@ -559,9 +559,9 @@ async def test_order_socket_sends_the_waterfall_on_connect_and_once_after_a_burs
     renders = []
     real_render = order_consumers.render_waterfall
 
-    def counting_render(order_id):
+    def counting_render(order_id, *args):
         renders.append(time.monotonic())
-        return real_render(order_id)
+        return real_render(order_id, *args)
 
     monkeypatch.setattr(order_consumers, "render_waterfall", counting_render)
     viewer = await sync_to_async(staff_user)("viewer")
@@ -604,3 +604,24 @@ def test_dashboard_charts_view_brings_the_stuck_steps_into_its_note():
     assert view.stuck_ages.note == "Stuck: 1 at Arrange shipping."
     assert view.stuck_ages.table_rows[3] == ["1–4 h", "1"]
     assert view.holdings.table_rows == [["Arrange shipping", "20.00 EUR", "0"]]
+
+
+@pytest.mark.django_db
+def test_order_socket_folds_the_waterfall_from_the_timeline_its_last_frame_read():
+    # The redraw after a burst reads nothing when the event's frame read the order already;
+    # an event newer than that read is read, as before.
+    order = make_order(start_saga=False)
+    _record_attempt(order, "started", 1)
+    event_id = SagaEvent.objects.filter(order=order).latest("id").pk
+    order_consumers.render_detail_frame(order.pk, event_id, "started", "charge")
+    with CaptureQueriesContext(connection) as reused:
+        folded = order_consumers.render_waterfall(order.pk, event_id)
+    assert len(reused) == 0
+    assert 'data-row="step-charge"' in folded and 'hx-swap-oob="true"' in folded
+
+    _record_attempt(order, "failed", 1)
+    newer_id = SagaEvent.objects.filter(order=order).latest("id").pk
+    with CaptureQueriesContext(connection) as read:
+        redrawn = order_consumers.render_waterfall(order.pk, newer_id)
+    assert len(read) == 2
+    assert 'data-row="step-charge"' in redrawn

@@ -14,7 +14,8 @@ from orders.broadcast import OPS_GROUP, order_group
 from orders.live import CLOSE_NOT_FOUND, database_read, shared_renders
 from orders.models import Order
 from orders.selectors.ledger import order_detail
-from orders.selectors.waterfall import saga_waterfall
+from orders.selectors.timeline import SagaTimeline
+from orders.selectors.waterfall import saga_waterfall, saga_waterfall_build
 
 from ..charts.presenters import waterfall_present
 from ..live import StaffConsumer
@@ -93,7 +94,9 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
     else:
         detail = order_detail(order_id, lines=False, ledger=plan.ledger, audit=plan.audit)
     if detail is None:
+        _timelines.pop(order_id, None)
         return None
+    _timeline_keep(detail.timeline)
     track = appended = None
     if plan is not None and plan.track:
         if kind in ("compensating", "compensated"):
@@ -114,6 +117,20 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
                "track": track, "appended_event": appended, "summary_changed": summary_changed}
     html = render_to_string("orders/partials/order_detail_live.html", context)
     return html, order, buttons_changed or plan is None or plan.actions
+
+
+# The newest timeline read for each order, in this process (only the reader thread touches
+# it; reads on it run one after another, so the last one kept is the newest). The waterfall,
+# redrawn after a burst of events, folds it instead of reading the order and all its events
+# again: that read was more than half of the waterfall's render, and the frames of other
+# orders' events queued behind it on the reader thread (bench/live_updates.py).
+_timelines: dict[int, SagaTimeline] = {}
+
+
+def _timeline_keep(timeline: SagaTimeline) -> None:
+    if len(_timelines) > 20_000:
+        _timelines.clear()  # a bound, not a cache policy: forgetting only costs a read
+    _timelines[timeline.order.pk] = timeline
 
 
 # What each order's summary and buttons were last rendered from, in this process (only the
@@ -159,9 +176,15 @@ def render_row(order_id: int) -> str:
     return render_to_string("orders/partials/order_row.html", {"order": order_row_present(order), "oob": True})
 
 
-def render_waterfall(order_id: int) -> str:
-    """The saga's waterfall, out of band. Two queries (the order and its events)."""
-    waterfall = saga_waterfall(order_id)
+def render_waterfall(order_id: int, after_event_id: int | None = None) -> str:
+    """The saga's waterfall, out of band, including at least the event `after_event_id`:
+    folded from the newest timeline a detail frame read when that holds it (no query),
+    otherwise read (two queries: the order and its events)."""
+    timeline = _timelines.get(order_id) if after_event_id is not None else None
+    if timeline is not None and timeline.last_event_id is not None and timeline.last_event_id >= after_event_id:
+        waterfall = saga_waterfall_build(timeline)
+    else:
+        waterfall = saga_waterfall(order_id)
     if waterfall is None:
         return ""
     return render_to_string("ops/charts/waterfall.html", {"waterfall": waterfall_present(waterfall), "oob": True})
@@ -210,7 +233,8 @@ class OrderDetailConsumer(StaffConsumer):
             if rendered is None:
                 return ""
             html, order, _ = rendered
-            return html + render_actions(order, self.permissions) + render_waterfall(self.order_id)
+            # The waterfall from the timeline this frame just read (any event id it holds).
+            return html + render_actions(order, self.permissions) + render_waterfall(self.order_id, 0)
 
         return await database_read(render)
 
@@ -228,7 +252,7 @@ class OrderDetailConsumer(StaffConsumer):
         # a render keyed by it started after that event was committed, so it includes it.
         event_id = self._waterfall_after
         await self.send_safely(
-            lambda: shared_renders.get(("waterfall", self.order_id, event_id), render_waterfall, self.order_id))
+            lambda: shared_renders.get(("waterfall", self.order_id, event_id), render_waterfall, self.order_id, event_id))
 
     async def _event_frame(self, event: dict) -> str:
         event_id, kind, step = event["id"], event["kind"], event["step"]
