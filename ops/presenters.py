@@ -40,8 +40,8 @@ ERROR_EXCERPT_CHARS = 200
 
 
 def error_excerpt(error: str) -> str:
-    """The start of a step's error, as `truncatechars:200` would cut it (most errors are
-    shorter: Truncator's walk over every character is skipped for them)."""
+    """The start of a step's error (or a follow-up's reason), as `truncatechars:200` would
+    cut it (most are shorter: Truncator's walk over every character is skipped for them)."""
     return error if len(error) <= ERROR_EXCERPT_CHARS else Truncator(error).chars(ERROR_EXCERPT_CHARS)
 
 
@@ -54,11 +54,14 @@ def held_label(order) -> str:
     return f"{money} · {stock}"
 
 
-def time_title_strings(moment) -> tuple[str, str]:
+def time_title_strings(moment, title: str = "%Y-%m-%d %H:%M:%S %Z") -> tuple[str, str]:
     """A moment as the date filter's 'c' (a <time> element's datetime) and 'Y-m-d H:i:s T'
-    (its title) print it in the shop's time zone, at a fraction of the filter's cost."""
+    (its title; or `title`, in strftime's terms) print it in the shop's time zone, at a
+    fraction of the filter's cost. None: empty strings, as the filter prints."""
+    if moment is None:
+        return "", ""
     local = timezone.localtime(moment)
-    return local.isoformat(), local.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return local.isoformat(), local.strftime(title)
 
 
 def stuck_rows_present(orders, links: OrderLinks | None = None):
@@ -96,9 +99,9 @@ FOLLOWUP_ACTION_RESULT = "#followup-action-result"
 
 
 def followup_rows_present(followups):
-    """Each follow-up row's URLs (its order, claim, release, note, its own re-render) and its
-    resend (notify follow-ups only) and resolve forms, the URLs reversed once per page
-    rather than seven times a row (ReversedOnce)."""
+    """Each follow-up row's URLs (its order, claim, release, note, its own re-render), its
+    times and reason's excerpt, and its resend (notify follow-ups only) and resolve forms,
+    the URLs reversed once per page rather than seven times a row (ReversedOnce)."""
     orders = OrderLinks()
     claim, release, note, row = (ReversedOnce(f"ops:followup_{name}", ReversedOnce.INT)
                                  for name in ("claim", "release", "note_add", "row"))
@@ -106,6 +109,10 @@ def followup_rows_present(followups):
         followup.claim_url, followup.release_url = claim(followup.pk), release(followup.pk)
         followup.note_url, followup.row_url = note(followup.pk), row(followup.pk)
         followup.order_url = orders.detail(followup.order_id)
+        followup.opened_iso, followup.opened_title = time_title_strings(followup.created_at, "%Y-%m-%d %H:%M %Z")
+        followup.resolved_iso = time_title_strings(followup.resolved_at)[0]
+        followup.last_action_iso = time_title_strings(getattr(followup, "last_action_at", None))[0]
+        followup.reason_excerpt = error_excerpt(followup.reason or "")
         # The reason fields' ids carry the follow-up's id: an order may have had several.
         resolve = ActionForm("resolved", orders.action(followup.order_id, "resolved"), f"reason-resolved-{followup.pk}",
                              "Resolve", "Mark resolved", hx_target=FOLLOWUP_ACTION_RESULT)

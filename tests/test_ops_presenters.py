@@ -1,5 +1,5 @@
 """The queue rows' presenters (ops/presenters.py) print what the template filters they
-replaced printed: the stuck queue's times, error excerpt and holdings."""
+replaced printed: the queues' times and excerpts, the stuck queue's holdings."""
 
 import unicodedata
 from datetime import datetime, timezone as dt_timezone
@@ -56,3 +56,6 @@ def test_held_label_is_what_the_cell_said(rollback):
 def test_time_and_title_are_the_date_filters(moment):
     assert time_title_strings(moment) == (
         filtered("{{ t|date:'c' }}", t=moment), filtered("{{ t|date:'Y-m-d H:i:s T' }}", t=moment))
+    # The follow-up queue's "opened" title has no seconds.
+    assert time_title_strings(moment, "%Y-%m-%d %H:%M %Z")[1] == filtered("{{ t|date:'Y-m-d H:i T' }}", t=moment)
+    assert time_title_strings(None) == ("", "") == (filtered("{{ t|date:'c' }}", t=None),) * 2
