@@ -12,10 +12,18 @@ installed are skipped. --rounds N measures every page N times over (a busy machi
 through as spread between rounds); --strict exits non-zero when a page's best round misses
 the aim. --markdown prints a table for docs/benchmarks.md; --only TEXT measures the pages
 whose label contains TEXT (--only dashboard).
+
+Settings: development by default (DJANGO_ENV=development, as `make run` has them: DEBUG on,
+so the query log and the templates' debug mode). --deployed measures with the production
+settings instead (DJANGO_ENV=production, DEBUG off), with throwaway values for what
+production refuses to start without (SECRET_KEY, CARRIER_WEBHOOK_SECRET; SANDBOX_ENABLED=1,
+since no page measured calls an outside adapter) and requests made as over HTTPS, as behind
+the TLS proxy. Run both and report which: the aim is server time as deployed.
 """
 
 import argparse
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -23,7 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
-os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
+# Read before Django's settings load (main() parses the rest).
+DEPLOYED = "--deployed" in sys.argv[1:]
+if DEPLOYED:
+    os.environ["DJANGO_ENV"] = "production"
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(64))
+    os.environ.setdefault("CARRIER_WEBHOOK_SECRET", secrets.token_urlsafe(32))
+    os.environ.setdefault("SANDBOX_ENABLED", "1")
+else:
+    os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
 
 import django  # noqa: E402
 
@@ -84,16 +100,17 @@ def pages() -> list[tuple[str, str | None]]:
 
 
 def measure(client: Client, path: str) -> tuple[float, int, int]:
-    client.get(path)  # warm-up: template loading, first connection
+    # Deployed, plain http is redirected to https (SECURE_SSL_REDIRECT).
+    client.get(path, secure=DEPLOYED)  # warm-up: template loading, first connection
     times = []
     for _ in range(RUNS):
         started = time.perf_counter()
-        response = client.get(path)
+        response = client.get(path, secure=DEPLOYED)
         times.append(time.perf_counter() - started)
         if response.status_code != 200:
             raise SystemExit(f"{path} answered {response.status_code}")
     with CaptureQueriesContext(connection) as ctx:
-        client.get(path)
+        client.get(path, secure=DEPLOYED)
     return statistics.median(times) * 1000, len(ctx.captured_queries), len(response.content)
 
 
@@ -103,6 +120,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="measure every page this many times over")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--only", default="", help="measure only the pages whose label contains this text")
+    parser.add_argument("--deployed", action="store_true",
+                        help="production settings (DEBUG off), throwaway secrets; default: development")
     parser.add_argument("--strict", action="store_true", help=f"exit 1 when a page's best round is over {AIM_MS:.0f} ms")
     args = parser.parse_args(argv)
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
@@ -117,7 +136,7 @@ def main(argv=None) -> None:
     header = (f"{orders:,} orders, {Order.objects.filter(saga_status='stuck').count():,} stuck, "
               f"{FollowUp.objects.filter(state='open').count():,} open follow-ups, "
               f"{OperatorAction.objects.count():,} operator actions; {vendor}; user {args.user}; "
-              f"median of {RUNS}")
+              f"median of {RUNS}; settings {settings.DJANGO_ENV}, DEBUG {'on' if settings.DEBUG else 'off'}")
     measured = [(label, path) for label, path in pages()
                 if path is not None and args.only.lower() in label.lower()]
     for label, path in pages():

@@ -11,11 +11,13 @@ through ops.services, with its permission checks and audit rows.
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
 
 from orders.models import (
     CarrierEvent,
@@ -246,6 +248,13 @@ class OrderAdmin(ViewOnlyAdmin):
 
     def view_on_site(self, obj):
         return _staff_order_url(obj.pk)
+
+    def action_checkbox(self, obj):
+        # Django's own renders a CheckboxInput through the forms' template engine (three
+        # nested templates a row): 5-7 ms of the 50-row list. The same markup, escaped once.
+        label = gettext("Select this object for an action - {}").format(obj)
+        return format_html('<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+                           helpers.ACTION_CHECKBOX_NAME, obj.pk, label)
 
     @admin.display(description="Customer", ordering="customer_name")
     def customer(self, obj):

@@ -19,10 +19,10 @@ from . import selectors
 from .dashboard import dashboard_figures_html
 from .followups import FollowUpNotAllowed, followup_claim, followup_note_add, followup_release
 from .forms import AuditFilterForm, FollowUpNoteForm, FollowUpViewForm, StuckFilterForm
-from .http import ReversedOnce, safe_next
+from .http import safe_next
 from .keyset import COUNT_CAP, PageRequest, keyset_page
-from .order_pages.presenters import OrderLinks, rollback_lines
 from .permissions import OPERATE_SAGAS, VIEW_AUDIT_LOG, WORK_FOLLOWUPS, staff_required
+from .presenters import followup_rows_present, stuck_rows_present
 
 
 def _page(request: HttpRequest, queryset, *, count_cap: int | None = None):
@@ -47,13 +47,7 @@ def stuck(request: HttpRequest) -> HttpResponse:
     form = StuckFilterForm(request.GET or None)
     step = form.cleaned_data["step"] if form.is_bound and form.is_valid() else ""
     page = _page(request, selectors.stuck_orders(step=step))
-    links = OrderLinks()
-    for order in selectors.stuck_holdings_attach(page.object_list):
-        order.rollback_lines = rollback_lines(order.rollback) if order.rollback else []
-        order.step_label = str(order.get_current_step_display())  # once, not a lazy label per use
-        order.detail_url = links.detail(order.pk)
-        order.action_urls = {action: links.action(order.pk, action)
-                             for action in ("retry", "compensate", "retry_compensation")}
+    stuck_rows_present(selectors.stuck_holdings_attach(page.object_list))
     return render(request, "ops/stuck.html", {
         "oldest_stuck_since": selectors.stuck_oldest_since(),
         "form": form,
@@ -62,22 +56,8 @@ def stuck(request: HttpRequest) -> HttpResponse:
         "page": page,
         "by_step": selectors.stuck_counts_by_step(),
         "can_operate": request.user.has_perm(OPERATE_SAGAS),
+        "next_url": request.get_full_path(),  # where each row's action forms come back to
     })
-
-
-def _with_links(followups):
-    """Each row's URLs (its order, claim, release, note, its own re-render, resend and
-    resolve), reversed once per page rather than seven times a row (ReversedOnce)."""
-    orders = OrderLinks()
-    claim, release, note, row = (ReversedOnce(f"ops:followup_{name}", ReversedOnce.INT)
-                                 for name in ("claim", "release", "note_add", "row"))
-    for followup in followups:
-        followup.claim_url, followup.release_url = claim(followup.pk), release(followup.pk)
-        followup.note_url, followup.row_url = note(followup.pk), row(followup.pk)
-        followup.order_url = orders.detail(followup.order_id)
-        followup.resend_url = orders.action(followup.order_id, "resend")
-        followup.resolve_url = orders.action(followup.order_id, "resolved")
-    return followups
 
 
 @require_GET
@@ -86,7 +66,7 @@ def followups(request: HttpRequest) -> HttpResponse:
     form = FollowUpViewForm(request.GET or None)
     view = form.selected()
     page = _page(request, selectors.followup_queue(view=view))
-    _with_links(page.object_list)
+    followup_rows_present(page.object_list)
     return render(request, "ops/followups.html", {
         "form": form,
         "view": view,
@@ -94,6 +74,7 @@ def followups(request: HttpRequest) -> HttpResponse:
         "page": page,
         "can_work": request.user.has_perm(WORK_FOLLOWUPS),
         "note_form": FollowUpNoteForm(),
+        "next_url": request.get_full_path(),  # where each row's forms come back to
     })
 
 
@@ -103,7 +84,7 @@ def _followup_row(request: HttpRequest, followup_id: int, *, error: str = "", no
     except FollowUp.DoesNotExist:
         raise Http404("No such follow-up.") from None
     response = render(request, "ops/partials/followup.html", {
-        "followup": _with_links([followup])[0],
+        "followup": followup_rows_present([followup])[0],
         "can_work": request.user.has_perm(WORK_FOLLOWUPS),
         "note_form": note_form or FollowUpNoteForm(),
         "row_error": error,

@@ -95,6 +95,20 @@ def test_orders_cannot_be_added_or_deleted_in_the_admin(client_as):
 
 
 @pytest.mark.django_db
+def test_order_list_checkbox_is_the_one_django_draws(client_as):
+    """OrderAdmin draws each row's action checkbox without the forms' template engine:
+    the markup must stay what Django's own action_checkbox renders (escaping included)."""
+    from django.contrib import admin
+
+    order = placed_order()
+    order.number = 'SO-<"&\'>'  # escaped once, as Django escapes it
+    model_admin = admin.site._registry[Order]
+    assert model_admin.action_checkbox(order) == admin.ModelAdmin.action_checkbox(model_admin, order)
+    body = client_as("operator").get(changelist("orders.order")).content.decode()
+    assert model_admin.action_checkbox(Order.objects.get(pk=order.pk)) in body
+
+
+@pytest.mark.django_db
 def test_order_changelist_search_and_filters(client_as):
     product = shelf()
     stuck = stuck_order(product, email="zed@example.com")

@@ -196,6 +196,23 @@ def test_operators_get_retry_and_compensate_per_row_with_confirmation(client_as,
         assert 'name="next" value="/ops/stuck/?step=charge"' in form.group(1)
 
 
+def test_a_stuck_compensation_gets_only_a_retry_compensation_form(client_as):
+    from orders.models import Order
+    from orders.status import SagaStatus
+
+    order = stuck_order()
+    # The page reads the column; how the saga got there is test_saga_flow's business.
+    Order.objects.filter(pk=order.pk).update(saga_status=SagaStatus.COMPENSATION_STUCK)
+    body = client_as("operator").get(reverse("ops:stuck")).content.decode()
+    row = body[body.index(f'id="stuck-{order.pk}"'):]
+    row = row[:row.index("</tr>")]
+    url = reverse("orders:action", args=[order.pk, "retry_compensation"])
+    assert re.search(rf'<details class="ops-action">\s*<summary>Retry compensation…</summary>\s*<form method="post" action="{url}">', row)
+    assert f'<label for="reason-retry_compensation-{order.pk}">' in row and f'id="reason-retry_compensation-{order.pk}"' in row
+    assert f"Retry the stuck compensation of {order.number}</button>" in row
+    assert "/actions/retry/" not in row and "/actions/compensate/" not in row
+
+
 @pytest.mark.parametrize("role", ["operator", "admin"])
 def test_operators_get_the_bulk_form_when_bulk_actions_exist(client_as, role):
     order = stuck_order()
