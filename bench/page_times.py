@@ -23,7 +23,6 @@ the TLS proxy. Run both and report which: the aim is server time as deployed.
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -34,10 +33,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordersite.settings")
 # Read before Django's settings load (main() parses the rest).
 DEPLOYED = "--deployed" in sys.argv[1:]
 if DEPLOYED:
+    from bench.deployed_env import deployed_env
+
+    for name, value in deployed_env().items():
+        os.environ.setdefault(name, value)
     os.environ["DJANGO_ENV"] = "production"
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(64))
-    os.environ.setdefault("CARRIER_WEBHOOK_SECRET", secrets.token_urlsafe(32))
-    os.environ.setdefault("SANDBOX_ENABLED", "1")
 else:
     os.environ.setdefault("DJANGO_ENV", "development")  # DEBUG and the sandbox, as `make run` has them
 
