@@ -338,8 +338,11 @@ def main() -> int:
     delays: list[float] = []
     by_second: dict[int, list[float]] = {}
     first_commit = min((at for _, at in committed.values()), default=0)
-    foreign = duplicates = 0
+    foreign = duplicates = no_event = 0
     for index, order_id, event_id, arrived in frames:
+        if event_id == -1:
+            no_event += 1  # a frame answering no one event: the waterfall, redrawn after a burst
+            continue
         origin = committed.get(event_id)
         if origin is None or origin[0] != order_id:
             foreign += 1  # another run's event on the shared Redis, or not one of ours
@@ -362,7 +365,7 @@ def main() -> int:
           f"{database}, {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]} on {settings.REDIS_URL}")
     print(f"  sockets connected with their first render in {connect_seconds:.2f} s")
     print(f"  frames expected {expected}, received {len(delivered)}, dropped {dropped}"
-          f" (duplicates {duplicates}, frames for events not ours {foreign})")
+          f" (duplicates {duplicates}, frames for events not ours {foreign}; waterfall redraws {no_event})")
     print(f"  commit -> frame at the client: p50 {percentile(delays, 50):.1f} ms, p90 {percentile(delays, 90):.1f} ms, "
           f"p99 {percentile(delays, 99):.1f} ms, max {delays[-1] if delays else float('nan'):.1f} ms")
     print(f"  server CPU {cpu_used:.1f} s over {drive_seconds + 3:.1f} s "
