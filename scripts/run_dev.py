@@ -282,7 +282,9 @@ def prepare_database(out: Output, env: dict[str, str]) -> str:
     run_step(out, env, [*manage, "migrate", "--noinput"])
     run_step(out, env, [*manage, "seed_demo"])
     password = staff_password()
-    run_step(out, env, [*manage, "create_staff", "--username", STAFF_USER, "--password", password, "--role", "admin"])
+    # As one argument: a generated password may begin with "-", which argparse would take for
+    # an option (`make run` then failed at setup on that machine, every time after).
+    run_step(out, env, [*manage, "create_staff", "--username", STAFF_USER, f"--password={password}", "--role", "admin"])
     return password
 
 
