@@ -4,11 +4,19 @@ saga (the activities module, with its Django imports and activity definitions, w
 few per cent of the worker's CPU: docs/benchmarks.md), and defines its objects twice."""
 
 import sys
+from datetime import timedelta
+import uuid
+import warnings
 
 import pytest
 from asgiref.sync import sync_to_async
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from orders.saga.worker import workflow_runner
 
 from .factories import make_order
+from .sandbox_probe import SandboxImportProbe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,3 +53,19 @@ async def test_workflow_runs_import_only_workflow_code(saga_env, settings):
     for passed_through in ("orders/saga/activities.py", "orders/saga/return_activities.py",
                            "orders/saga/search_attributes.py", "orders/saga/shared.py", "orders/saga/policies.py"):
         assert not _ran(files, passed_through), f"{passed_through} was imported again inside the sandbox"
+
+
+@pytest.mark.parametrize("module", ["redis.observability.recorder", "redis.asyncio.client"])
+async def test_a_library_imported_inside_a_workflow_run_is_the_real_one(temporal_server, module):
+    # redis's connection pool imports its metrics recorder when it is reset; a finalizer
+    # running on a workflow's thread imported redis afresh inside the sandbox (CI warned
+    # "Module redis... was imported after initial workflow load", the whole package anew).
+    client = await Client.connect(temporal_server.address)
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with Worker(client, task_queue=queue, workflows=[SandboxImportProbe], workflow_runner=workflow_runner(True)):
+            seen = await client.execute_workflow(SandboxImportProbe.run, module, id=f"probe-{uuid.uuid4()}", task_queue=queue,
+                                                 task_timeout=timedelta(seconds=5), execution_timeout=timedelta(seconds=20))
+    assert seen == id(sys.modules[module])
+    assert not [w for w in caught if "imported after initial workflow load" in str(w.message)]

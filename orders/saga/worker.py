@@ -50,6 +50,10 @@ def workflow_runner(sandboxed: bool | None = None) -> WorkflowRunner:
             "orders.saga.shared", "orders.saga.policies", "orders.errors", "orders.metrics", "prometheus_client",
             # The tracing interceptor's workflow side keeps its spans in OpenTelemetry's context.
             "opentelemetry",
+            # Never workflow code, but redis imports modules lazily (its connection pool, when
+            # reset, imports its metrics recorder), and a finalizer may run that on a
+            # workflow's thread: the whole package was then imported again inside the sandbox.
+            "redis",
         )
     )
 
