@@ -48,7 +48,7 @@ class DevServer:
         self._http_port, self._metrics_port = free_port(), free_port()
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "DevServer":
+    def command(self) -> list[str]:
         args = [
             temporal_cli(), "server", "start-dev", "--headless",
             "--ip", "127.0.0.1", "--port", str(self.port), "--http-port", str(self._http_port),
@@ -56,7 +56,10 @@ class DevServer:
         ]
         if self.db_filename:
             args += ["--db-filename", self.db_filename]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        return args
+
+    def start(self) -> "DevServer":
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True, env=os.environ.copy())
         wait_for_port(self.port)
         return self

@@ -4,9 +4,9 @@ saga (the activities module, with its Django imports and activity definitions, w
 few per cent of the worker's CPU: docs/benchmarks.md), and defines its objects twice."""
 
 import sys
-from datetime import timedelta
 import uuid
 import warnings
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -17,8 +17,6 @@ from orders.saga.worker import workflow_runner
 
 from .factories import make_order
 from .sandbox_probe import SandboxImportProbe
-
-pytestmark = pytest.mark.django_db(transaction=True)
 
 # Audit hooks cannot be removed, so the hook is installed once and records only while a
 # test holds a list here.
@@ -38,6 +36,7 @@ def _ran(files: list[str], module_path: str) -> bool:
     return any(f.endswith(module_path) for f in files)
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_workflow_runs_import_only_workflow_code(saga_env, settings):
     assert settings.WORKFLOW_SANDBOX
     global _executed
