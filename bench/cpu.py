@@ -4,8 +4,9 @@
     ... the phase ...
     spent = cpu_spent(before)   # {"bench process": 12.3, "dev server": 8.1, "postgres": 5.0}
 
-A part's processes include their descendants; "postgres" is every process named postgres
-on the machine (its backends come and go), so measure on an otherwise quiet machine.
+A part's processes include their descendants, except another part's (the dev server, a
+child of the benchmark process, counts as itself only); "postgres" is every process named
+postgres on the machine (its backends come and go), so measure on an otherwise quiet machine.
 """
 
 import os
@@ -43,10 +44,15 @@ def cpu_snapshot(parts: dict[str, list[int]]) -> dict[str, dict[int, float]]:
     for pid, (ppid, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
     snapshot = {}
+    # A part's descendants stop at another part's processes: the dev server, started by the
+    # benchmark process, is its own part and must not be counted in the benchmark's too.
+    claimed = {pid for roots in parts.values() for pid in roots}
     for part, roots in parts.items():
         pids, todo = set(), list(roots)
         while todo:
             pid = todo.pop()
+            if pid in claimed and pid not in roots:
+                continue
             if pid in procs and pid not in pids:
                 pids.add(pid)
                 todo.extend(children.get(pid, []))

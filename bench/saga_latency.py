@@ -49,6 +49,33 @@ class BareWorkflow:
         return n
 
 
+def floor_activities() -> dict:
+    """Every saga activity replaced by one that does nothing and answers what the real one
+    would on the happy path: the saga's own shape (its workflow tasks, local and regular
+    activities, search-attribute upserts, the delivery tracker it starts) with none of our
+    services behind it. The saga's floor: what is left of its cost with no database, no
+    broadcast, no gateway; what the real saga costs above it is ours."""
+    import typing
+
+    from orders.saga.activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES
+    from orders.saga.shared import DeliveryStatus, StepResult
+
+    answers = {StepResult: StepResult(), DeliveryStatus: DeliveryStatus(delivered=False), str: "", type(None): None,
+               bool: True}
+    replaced = {}
+    for name, fn in {**ORDERS_QUEUE_ACTIVITIES, **PAYMENTS_QUEUE_ACTIVITIES}.items():
+        hints = typing.get_type_hints(fn)
+        (arg_name, arg_type), = [(k, v) for k, v in hints.items() if k != "return"]
+        answer = answers[hints.get("return", type(None))]
+
+        def noop(arg, _answer=answer):
+            return _answer
+
+        noop.__annotations__ = {"arg": arg_type, "return": hints.get("return")}
+        replaced[name] = activity.defn(name=name)(noop)
+    return replaced
+
+
 def configure(database_url: str | None, debug: bool = False) -> None:
     bench_dir = ROOT / "var" / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +182,14 @@ async def measure(args, server):
     if args.unsandboxed:
         workers += build_workers(client, executor=executor, sandboxed=False,
                                  orders_queue=plain_queues[0], payments_queue=plain_queues[1])
+    floor_queues = (f"orders-floor-{suffix}", f"payments-floor-{suffix}")
+    floor_plain_queues = (f"orders-floor-plain-{suffix}", f"payments-floor-plain-{suffix}")
+    if args.floor:
+        workers += build_workers(client, executor=executor, orders_queue=floor_queues[0], sandboxed=True,
+                                 payments_queue=floor_queues[1], activity_overrides=floor_activities())
+        if args.unsandboxed:
+            workers += build_workers(client, executor=executor, orders_queue=floor_plain_queues[0], sandboxed=False,
+                                     payments_queue=floor_plain_queues[1], activity_overrides=floor_activities())
     bare_queue = f"bare-{suffix}"
     workers.append(Worker(client, task_queue=bare_queue, workflows=[BareWorkflow], activities=[noop],
                           max_concurrent_activities=200))
@@ -223,6 +258,12 @@ async def measure(args, server):
         if args.unsandboxed:
             use_queues(plain_queues)
             plain_lat = await sequential(one_saga, args.sequential)
+        if args.floor:
+            use_queues(floor_queues)
+            floor_lat = await sequential(one_saga, args.sequential)
+            if args.unsandboxed:
+                use_queues(floor_plain_queues)
+                floor_plain_lat = await sequential(one_saga, args.sequential)
         # Throughput phases one after another, in the same order.
         bare_tput = await concurrent(one_bare, args.concurrent, BARE)
         results["bare workflow, 6 no-op activities"] = (results["bare workflow, 6 no-op activities"][0], bare_tput)
@@ -231,6 +272,12 @@ async def measure(args, server):
         if args.unsandboxed:
             use_queues(plain_queues)
             results[SAGA_PLAIN] = (plain_lat, await concurrent(one_saga, args.concurrent, SAGA_PLAIN))
+        if args.floor:
+            use_queues(floor_queues)
+            results[FLOOR] = (floor_lat, await concurrent(one_saga, args.concurrent, FLOOR))
+            if args.unsandboxed:
+                use_queues(floor_plain_queues)
+                results[FLOOR_PLAIN] = (floor_plain_lat, await concurrent(one_saga, args.concurrent, FLOOR_PLAIN))
         if args.burst:
             burst = await burst_phase(args.burst, sandboxed_queues if settings.WORKFLOW_SANDBOX else plain_queues)
     finally:
@@ -243,6 +290,8 @@ async def measure(args, server):
 BARE = "bare workflow, 6 no-op activities"
 SAGA = "happy-path order saga (sandbox)"
 SAGA_PLAIN = "happy-path order saga (no sandbox)"
+FLOOR = "its floor: no-op activities (sandbox)"
+FLOOR_PLAIN = "its floor: no-op activities (none)"
 # The aims of issue 10, as ratios against the bare workflow measured in the same run.
 AIM_THROUGHPUT = 0.9
 AIM_P50 = 1.0
@@ -287,6 +336,20 @@ async def main(args) -> None:
               f"throughput x{thr:.2f} (aim x{AIM_THROUGHPUT:.1f} or more)")
         if name == (SAGA if settings.WORKFLOW_SANDBOX else SAGA_PLAIN) and (p50 >= AIM_P50 or thr < AIM_THROUGHPUT):
             missed.append(name)
+    if FLOOR in results:
+        # The configured runner's saga against its own shape with no-op activities: what
+        # our services (SQL, ORM, broadcasts, gateway, carrier, mail) add, and what no
+        # saga of this shape can go below.
+        name, floor_name = (SAGA, FLOOR) if settings.WORKFLOW_SANDBOX else (SAGA_PLAIN, FLOOR_PLAIN)
+        floor_lat, floor_tput = results[floor_name]
+        lat, tput = results[name]
+        print(f"the floor / bare: p50 x{percentile(floor_lat, 50) / percentile(bare_lat, 50):.2f}, "
+              f"throughput x{floor_tput / bare_tput:.2f} (the best a saga of this shape can do here)")
+        print(f"{name} / the floor: p50 x{percentile(lat, 50) / percentile(floor_lat, 50):.2f}, "
+              f"throughput x{tput / floor_tput:.2f}")
+        saga_cpu, floor_cpu = cpu_per_workflow[name], cpu_per_workflow[floor_name]
+        print("  CPU our services add per saga, ms: " + ", ".join(
+            f"{part} {(saga_cpu[part] - floor_cpu.get(part, 0)) * 1000:.1f}" for part in saga_cpu))
     if burst is not None:
         print(f"burst: {burst['orders']} orders placed at once, all completed in {burst['seconds']:.1f} s; "
               f"workflow task timeouts {sum(burst['task timeouts'].values())} (aim 0{'; ' + ', '.join(f'{k} {v}' for k, v in burst['task timeouts'].items()) if burst['task timeouts'] else ''}); wait from placing an order to its first "
@@ -307,6 +370,8 @@ if __name__ == "__main__":
     parser.add_argument("--database-url")
     parser.add_argument("--unsandboxed", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the saga without the workflow sandbox")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the saga with every activity a no-op: its own floor")
     parser.add_argument("--burst", type=int, default=200,
                         help="orders placed at once at the end, checked for workflow task timeouts (0: none)")
     parser.add_argument("--debug", action="store_true",
