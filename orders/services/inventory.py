@@ -5,11 +5,11 @@ product), in the same transaction as the counters, so a retried activity finds i
 earlier rows and moves nothing twice. Counters keep on_hand + reserved + sold == received.
 """
 
-from django.db import transaction
 
 from ..errors import InventoryFailure, OutOfStock
 from ..faults import fault_for
 from ..locks import lock_order, lock_products
+from .transactions import step_atomic
 from ..models import Order, Reservation, SagaEvent, StockMovement
 from .events import saga_event_record
 
@@ -22,8 +22,9 @@ def inventory_reserve(*, order_id: int, idempotency_key: str, attempt: int) -> s
     """Hold stock for every line, or nothing at all. Raises OutOfStock.
 
     Locks: the order row, then its products by id.
+    (No savepoint when nested: orders.services.transactions.step_atomic.)
     """
-    with transaction.atomic():
+    with step_atomic():
         order = lock_order(order_id)
         if _already_done(idempotency_key):
             return "already reserved"
@@ -56,8 +57,9 @@ def _move_reservations(
     from_state: str, to_state: str, movement: str, counters: tuple[str, str], verb: str,
 ) -> str:
     """Move every reservation of the order in one state to another, shifting stock counters
-    (counters[0] -> counters[1]) and logging one movement per product under the key."""
-    with transaction.atomic():
+    (counters[0] -> counters[1]) and logging one movement per product under the key.
+    (No savepoint when nested: orders.services.transactions.step_atomic.)"""
+    with step_atomic():
         order = lock_order(order_id)
         if _already_done(idempotency_key):
             return f"already {verb}"

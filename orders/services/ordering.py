@@ -14,6 +14,7 @@ from ..addresses import AddressInvalid, ShippingAddress, address_clean
 from ..errors import OrderInvalid
 from ..faults import FaultPlanInvalid, fault_plan_clean
 from ..locks import lock_order
+from .transactions import step_atomic
 from ..log_context import get_logger, order_bind
 from ..models import Order, OrderLine, Product, SagaEvent
 from ..status import OrderStatus, SagaStatus
@@ -139,9 +140,9 @@ def order_workflow_id(order_pk: int) -> str:
 def order_validate(*, order_id: int, attempt: int) -> str:
     """First saga step: is the order still fulfillable as placed? Raises OrderInvalid.
 
-    Locks: the order row.
+    Locks: the order row. (No savepoint when nested: orders.services.transactions.step_atomic.)
     """
-    with transaction.atomic():
+    with step_atomic():
         order = lock_order(order_id)
         if order.status != OrderStatus.PLACED:
             return f"already validated (order is {order.status})"  # a retry after the commit

@@ -12,6 +12,7 @@ from temporalio.service import RPCError
 
 from .. import metrics
 from ..locks import lock_order
+from .transactions import step_atomic
 from ..log_context import get_logger, order_bind
 from ..models import OperatorAction, Order, SagaEvent
 from ..saga import search_attributes as sa
@@ -106,8 +107,9 @@ def saga_step_started(*, order_id: int, step: str, step_key: str, attempt: int, 
                       detail: str = "") -> None:
     """Mark a step (or its compensation) as under way: the page shows it running.
     `step_key` names this run of the step (its idempotency key and activity id).
-    Locks: the order row."""
-    with transaction.atomic():
+    Locks: the order row.
+    (No savepoint when nested: see orders.services.transactions.step_atomic.)"""
+    with step_atomic():
         order = lock_order(order_id)
         order_bind(order)
         if compensation:
