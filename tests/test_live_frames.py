@@ -21,9 +21,7 @@ from ops.order_pages import consumers
 from orders.live import reader_connection_close
 from orders.locks import lock_order
 from orders.models import Order, SagaEvent
-from orders.selectors.timeline import (
-    TimelineEvent, saga_events_with_commands, saga_timeline_build, saga_timeline_fold,
-)
+from orders.selectors.timeline import TimelineEvent, saga_timeline_build, saga_timeline_fold
 from orders.services import events as event_services
 from orders.services.events import order_saga_state_set, saga_event_record
 
