@@ -3,6 +3,7 @@ order-detail page watching it?
 
     .venv/bin/python bench/live_updates.py                    # 200 sockets, 20 orders, 2 events/s per saga
     .venv/bin/python bench/live_updates.py --rate 5 --clients 400
+    .venv/bin/python bench/live_updates.py --hogs 2          # with two busy-loop processes beside it
 
 What it does:
 - a scratch database (SQLite in a temp dir, or DATABASE_URL if set: point that at a scratch
@@ -25,8 +26,8 @@ end): the case of a machine whose cores are busy with something else.
 
 Prints p50/p90/p99/max delay, frames expected (events x sockets on that order) vs received,
 how many detail frames the server built from the event's message vs read from the database
-(from its /metrics), and the server's CPU use. Exits 0 unless --strict is given and a frame was dropped or the
-p99 missed --target-ms.
+(from its /metrics), and the server's CPU use. Exits 0 unless --strict is given and a frame
+was dropped or the p99 missed --target-ms.
 """
 
 import argparse
