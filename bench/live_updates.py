@@ -3,6 +3,7 @@ order-detail page watching it?
 
     .venv/bin/python bench/live_updates.py                    # 200 sockets, 20 orders, 2 events/s per saga
     .venv/bin/python bench/live_updates.py --rate 5 --clients 400
+    .venv/bin/python bench/live_updates.py --hogs 2          # with two busy-loop processes beside it
 
 What it does:
 - a scratch database (SQLite in a temp dir, or DATABASE_URL if set: point that at a scratch
@@ -19,9 +20,14 @@ What it does:
   of a frame is its arrival time at the client minus its event's commit time, on the same
   monotonic clock (CLOCK_MONOTONIC is system-wide, so the two processes agree).
 
+The server runs as deployed (bench/deployed_env.py: DEBUG off, DB_CONN_MAX_AGE=60, metrics
+in multiprocess mode). --hogs N starts N busy-loop processes for the drive (killed at the
+end): the case of a machine whose cores are busy with something else.
+
 Prints p50/p90/p99/max delay, frames expected (events x sockets on that order) vs received,
-and the server's CPU use. Exits 0 unless --strict is given and a frame was dropped or the
-p99 missed --target-ms.
+how many detail frames the server built from the event's message vs read from the database
+(from its /metrics), and the server's CPU use. Exits 0 unless --strict is given and a frame
+was dropped or the p99 missed --target-ms.
 """
 
 import argparse
@@ -43,6 +49,9 @@ from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.deployed_env import deployed_env  # noqa: E402
+
 EVENT_ID = re.compile(r'data-event-id="(\d+)"')
 
 # One busy saga: retries on charge and ship, a failed notification, a follow-up and a resend.
@@ -222,6 +231,24 @@ async def drive(order_ids: list[int], rate: float, workers: int, spread: float) 
     return committed
 
 
+def hogs_start(count: int) -> list[subprocess.Popen]:
+    """Busy-loop processes competing with the server for the CPU."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def frames_by_source(port: int, token: str) -> dict[str, float]:
+    """The server's detail frames by source (message, read), summed over its processes;
+    empty when its /metrics does not have them (a server without the counter)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    try:
+        body = urllib.request.urlopen(request, timeout=10).read().decode()
+    except OSError as exc:
+        print(f"note: could not read the server's metrics: {exc}")
+        return {}
+    found = re.findall(r'^ordersite_live_detail_frames_total\{source="(\w+)"\} ([0-9.e+]+)$', body, re.M)
+    return {source: float(value) for source, value in found}
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -245,6 +272,8 @@ def main() -> int:
     parser.add_argument("--server-deflate", action="store_true",
                         help="the server accepts permessage-deflate (deployments turn it off)")
     parser.add_argument("--debug", action="store_true", help="run the server with DEBUG=1 (default: DEBUG=0, as deployed)")
+    parser.add_argument("--hogs", type=int, default=0,
+                        help="busy-loop processes to run during the drive (CPU contention), killed at the end")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a frame was dropped or p99 missed the aim")
     parser.add_argument("--details", action="store_true", help="also print the delays per second of the run")
     parser.add_argument("--client-process", help=argparse.SUPPRESS)
@@ -263,15 +292,16 @@ def main() -> int:
     from django.conf import settings
 
     order_ids, cookie = prepare(args.orders, id_base=random.randrange(10**7, 9 * 10**7))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DEBUG": "1" if args.debug else "0",
-           "DJANGO_ENV": "development" if args.debug else "production",
-           # As deployed, but over plain http on loopback.
-           "SECRET_KEY": os.environ["SECRET_KEY"], "SECURE_SSL_REDIRECT": "0",
-           "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0",
-           # The outside adapters are named by settings in production; the bench's are the
-           # sandbox's (no call reaches them: the server only renders and sends).
-           "SANDBOX_ENABLED": "1", "SANDBOX_FAULTS_ENABLED": "0",
-           "CARRIER_WEBHOOK_SECRET": os.environ.get("CARRIER_WEBHOOK_SECRET") or secrets.token_urlsafe(32)}
+    metrics_token = secrets.token_urlsafe(32)
+    (scratch / "metrics").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **deployed_env(),
+           # The key that signed the clients' session cookie (deployed_env makes a new one).
+           "SECRET_KEY": os.environ["SECRET_KEY"],
+           # Scraped at the end for the frames by source; several workers add up through
+           # the multiprocess directory, as deployed (docker-compose.yml).
+           "METRICS_TOKEN": metrics_token, "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics")}
+    if args.debug:
+        env.update(DEBUG="1", DJANGO_ENV="development")
     port = free_port()
     server = subprocess.Popen(
         # BENCH_SERVER_CMD: run another server command (a profiling wrapper, say); it gets --port.
@@ -283,6 +313,7 @@ def main() -> int:
         cwd=ROOT, env=env,
     )
     clients = None
+    hogs: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -309,18 +340,25 @@ def main() -> int:
         client_process = psutil.Process(clients.pid)
         client_cpu_before = client_process.cpu_times().user + client_process.cpu_times().system
         print(f"{len(targets)} sockets connected in {connect_seconds:.1f} s; driving {args.orders} sagas...", flush=True)
+        hogs = hogs_start(args.hogs)
         started = time.perf_counter()
         committed = asyncio.run(drive(order_ids, args.rate, workers=4, spread=args.spread))
         drive_seconds = time.perf_counter() - started
         time.sleep(3)  # let the last frames land
         cpu_used = sum(p.cpu_times().user + p.cpu_times().system for p in processes) - cpu_before
         client_cpu = client_process.cpu_times().user + client_process.cpu_times().system - client_cpu_before
+        for hog in hogs:
+            hog.kill()
+        sources = frames_by_source(port, metrics_token)
         clients.stdin.write("STOP\n")
         clients.stdin.flush()
         clients.stdout.readline()
         clients.wait(timeout=30)
         frames = json.loads(out.read_text())
     finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
         if clients and clients.poll() is None:
             clients.kill()
         server.terminate()
@@ -362,10 +400,16 @@ def main() -> int:
     print(f"Live updates: {args.clients} sockets on {args.orders} order-detail pages, {args.orders} sagas x "
           f"{len(SAGA_EVENTS)} events at {args.rate:g}/s each, {start} ({events / drive_seconds:.0f} events/s); "
           f"uvicorn x{args.workers} (DEBUG={int(args.debug)}, permessage-deflate {'on' if args.server_deflate and not args.no_deflate else 'off'}), "
-          f"{database}, {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]} on {settings.REDIS_URL}")
+          f"{database}, {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]} on {settings.REDIS_URL}"
+          f"{f'; {args.hogs} busy-loop process(es) beside it' if args.hogs else ''}")
     print(f"  sockets connected with their first render in {connect_seconds:.2f} s")
     print(f"  frames expected {expected}, received {len(delivered)}, dropped {dropped}"
           f" (duplicates {duplicates}, frames for events not ours {foreign}; waterfall redraws {no_event})")
+    if sources:
+        print(f"  detail frames built from the event's message {sources.get('message', 0):.0f}, "
+              f"read from the database {sources.get('read', 0):.0f}")
+    else:
+        print("  detail frames by source: not reported by this server")
     print(f"  commit -> frame at the client: p50 {percentile(delays, 50):.1f} ms, p90 {percentile(delays, 90):.1f} ms, "
           f"p99 {percentile(delays, 99):.1f} ms, max {delays[-1] if delays else float('nan'):.1f} ms")
     print(f"  server CPU {cpu_used:.1f} s over {drive_seconds + 3:.1f} s "

@@ -33,10 +33,20 @@ CELERY_TASK_DURATION = Histogram(
     buckets=(*LATENCY_BUCKETS, 60, 300, 1800),
 )
 
+LIVE_DETAIL_FRAMES = Counter(
+    f"{PREFIX}_live_detail_frames", "Order-detail socket frames for a saga event, by source: message (built from "
+    "the event's message on the timeline the process kept, no query) or read (from the database).", ["source"],
+)
+
 
 def operator_action_counted(*, action: str, outcome: str) -> None:
     if enabled():
         OPERATOR_ACTIONS.labels(action, outcome).inc()
+
+
+def live_detail_frame_counted(source: str) -> None:
+    if enabled():
+        LIVE_DETAIL_FRAMES.labels(source).inc()
 
 
 # --- Celery signals ----------------------------------------------------------------------

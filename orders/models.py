@@ -80,6 +80,12 @@ class Order(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     # When the saga last recorded anything: the stalled-saga sweeper looks for old values.
     last_event_at = models.DateTimeField(null=True, blank=True)
+    # The newest saga event's id, set with last_event_at: each event's broadcast names the one
+    # before it, so a live page holding the timeline up to that one can add the event without
+    # reading (ops/order_pages/consumers.py). A plain integer, not a foreign key: nothing
+    # joins on it, and an event row needs no constraint back to its order. Null on orders
+    # with no event, and on those whose events predate it (their next event names none).
+    last_event_id = models.BigIntegerField(null=True, blank=True)
     # The money books of the order, kept by the payment and return services under the
     # order's row lock: what the gateway took, what went back, and what open returns are
     # about to give back. The CHECK below is what stops refunds exceeding the charge,

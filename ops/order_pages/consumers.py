@@ -4,6 +4,10 @@ page's live parts from the database, so an event missed while a socket was down 
 lost from view; on each saga.event they render again and send HTML that htmx swaps out of
 band. Renders are shared by every socket of the process watching the same order
 (orders.live.shared_renders) and run on the sockets' reader thread (orders.live.database_read).
+
+A step's ordinary event (started, retrying, failed...) is added to the timeline this process
+read last for the order, from the event's message, when that timeline is the one just before
+it (the message names the previous event): no query. Anything else is read.
 """
 
 from dataclasses import dataclass, replace
@@ -13,10 +17,11 @@ from django.template.loader import render_to_string
 from orders.broadcast import OPS_GROUP, order_group
 from orders.live import CLOSE_NOT_FOUND, database_read, shared_renders
 from orders.models import Order
-from orders.selectors.ledger import order_detail
+from orders.selectors.ledger import OrderDetail, order_detail, order_detail_after_event
 from orders.selectors.timeline import SagaTimeline
 from orders.selectors.waterfall import saga_waterfall, saga_waterfall_build
 
+from .. import metrics
 from ..charts.presenters import waterfall_present
 from ..live import StaffConsumer
 from .presenters import ActionButtons, order_row_present
@@ -80,19 +85,26 @@ def frame_plan(kind: str, step: str) -> FramePlan | None:
 
 
 def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind: str = "",
-                        step: str = "") -> tuple[str, Order, bool] | None:
-    """One out-of-band frame of the detail page, read from the database; returns the HTML,
-    the order, and whether the buttons may have changed.
+                        step: str = "", message: dict | None = None) -> tuple[str, Order, bool] | None:
+    """One out-of-band frame of the detail page; returns the HTML, the order, and whether the
+    buttons may have changed.
 
     Fresh (no trigger) or for an event without a plan: summary, whole timeline, whole ledger.
     Otherwise the summary, the timeline header and the parts in the event's FramePlan, with
-    only the queries those parts need (a step's progress: the order and its events).
+    only the queries those parts need: none for a step's progress when the event's `message`
+    follows the timeline kept here (_detail_from_message), else the order and its events.
     """
     plan = frame_plan(kind, step) if trigger_event_id is not None else None
-    if plan is None:
-        detail = order_detail(order_id, lines=False)
+    detail = _detail_from_message(order_id, plan, message) if message is not None else None
+    if detail is not None:
+        metrics.live_detail_frame_counted("message")
     else:
-        detail = order_detail(order_id, lines=False, ledger=plan.ledger, audit=plan.audit)
+        if trigger_event_id is not None:
+            metrics.live_detail_frame_counted("read")
+        if plan is None:
+            detail = order_detail(order_id, lines=False)
+        else:
+            detail = order_detail(order_id, lines=False, ledger=plan.ledger, audit=plan.audit)
     if detail is None:
         _timelines.pop(order_id, None)
         return None
@@ -119,32 +131,61 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
     return html, order, buttons_changed or plan is None or plan.actions
 
 
-# The newest timeline read for each order, in this process (only the reader thread touches
-# it; reads on it run one after another, so the last one kept is the newest). The waterfall,
-# redrawn after a burst of events, folds it instead of reading the order and all its events
-# again: that read was more than half of the waterfall's render, and the frames of other
-# orders' events queued behind it on the reader thread (bench/live_updates.py).
-_timelines: dict[int, SagaTimeline] = {}
+# Only the parts of a step's own track: the message has the event and the order's state.
+TRACK_ONLY = FramePlan(track=True)
+
+
+def _detail_from_message(order_id: int, plan: FramePlan | None, message: dict) -> OrderDetail | None:
+    """The frame's data built from the event's message on top of the timeline kept for the
+    order, or None (read instead): no timeline kept, the kept one is not the one just before
+    this event (a message lost, or a read that already saw later events), the plan needs the
+    ledger, the audit list or the buttons, or the event does not fold (see
+    orders.selectors.ledger.order_detail_after_event)."""
+    kept = _timelines.get(order_id)
+    if kept is None or plan != TRACK_ONLY:
+        return None
+    return order_detail_after_event(kept, message)
+
+
+class BoundedMap(dict):
+    """A dict that forgets everything when a new key would take it past `bound` keys: a bound
+    on a process's memory, not a cache policy (what is forgotten costs a read or a render).
+    Only `map[key] = value` is bounded; nothing here writes it another way."""
+
+    def __init__(self, bound: int = 20_000):
+        super().__init__()
+        self.bound = bound
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.bound and key not in self:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+# The newest timeline for each order in this process, read or built from a message (only the
+# reader thread touches it; renders on it run one after another, so the last one kept is the
+# newest). A step's next event is added to it from its message (render_detail_frame), and the
+# waterfall, redrawn after a burst of events, folds it instead of reading the order and all
+# its events again: that read was more than half of the waterfall's render, and the frames of
+# other orders' events queued behind it on the reader thread (bench/live_updates.py). Kept
+# timelines are never changed: a fold makes a new one.
+_timelines: BoundedMap = BoundedMap()
 
 
 def _timeline_keep(timeline: SagaTimeline) -> None:
-    if len(_timelines) > 20_000:
-        _timelines.clear()  # a bound, not a cache policy: forgetting only costs a read
     _timelines[timeline.order.pk] = timeline
 
 
 # What each order's summary and buttons were last rendered from, in this process (only the
 # reader thread touches it): most events (a step starting, failing, retrying, succeeding)
 # move neither, and every socket got both fresh when it connected.
-_rendered_from: dict[tuple[str, int], tuple] = {}
+_rendered_from: BoundedMap = BoundedMap()
 
 
 def _state_moved(part: str, order: Order, state: tuple) -> bool:
     key = (part, order.pk)
     moved = _rendered_from.get(key) != state
     _rendered_from[key] = state
-    if len(_rendered_from) > 20_000:
-        _rendered_from.clear()  # a bound, not a cache policy: forgetting only costs a re-render
     return moved
 
 
@@ -152,7 +193,7 @@ def _state_moved(part: str, order: Order, state: tuple) -> bool:
 # reader thread touches it): a step starting or a status moving re-checks which actions
 # fit (a few queries), but the buttons are mostly the same as before, and their template
 # was a tenth of the web process's CPU with 20 busy sagas (bench/live_updates.py).
-_actions_html: dict[tuple, str] = {}
+_actions_html: BoundedMap = BoundedMap()
 
 
 def render_actions(order: Order, permissions: frozenset[str]) -> str:
@@ -162,8 +203,6 @@ def render_actions(order: Order, permissions: frozenset[str]) -> str:
            order.current_step, tuple(buttons.rollback_lines))
     html = _actions_html.get(key)
     if html is None:
-        if len(_actions_html) > 20_000:
-            _actions_html.clear()  # a bound, not a cache policy: forgetting only costs a render
         html = _actions_html[key] = render_to_string(
             "orders/partials/order_actions.html", {"actions": buttons, "order": order, "oob": True})
     return html
@@ -239,7 +278,7 @@ class OrderDetailConsumer(StaffConsumer):
         return await database_read(render)
 
     async def saga_event(self, message):
-        await self.send_safely(lambda: self._event_frame(message["event"]))
+        await self.send_safely(lambda: self._event_frame(message))
         # The waterfall redraws every row and rescales its axis from all the saga's events,
         # so a burst of events gets one redraw, after the burst, and a busy saga one a
         # second: redrawn per event it was a fifth of the server's CPU with 20 busy sagas
@@ -254,10 +293,11 @@ class OrderDetailConsumer(StaffConsumer):
         await self.send_safely(
             lambda: shared_renders.get(("waterfall", self.order_id, event_id), render_waterfall, self.order_id, event_id))
 
-    async def _event_frame(self, event: dict) -> str:
+    async def _event_frame(self, message: dict) -> str:
+        event = message["event"]
         event_id, kind, step = event["id"], event["kind"], event["step"]
         rendered = await shared_renders.get(("detail", self.order_id, event_id), render_detail_frame,
-                                            self.order_id, event_id, kind, step)
+                                            self.order_id, event_id, kind, step, message)
         if rendered is None:
             return ""
         html, order, buttons_may_change = rendered

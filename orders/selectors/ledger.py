@@ -1,14 +1,16 @@
 """An order with everything it holds: lines, the ledgers the saga wrote (stock, payments,
 shipment, notifications), follow-ups, the commands staff sent, and its saga timeline."""
 
+import copy
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Prefetch
 
 from ..models import FollowUp, NotificationAttempt, OperatorAction, Order, OrderLine, Payment, Reservation
 from ..temporal_client import workflow_ui_url
-from .timeline import SagaTimeline, saga_events_with_commands, saga_timeline_build
+from .timeline import SagaTimeline, TimelineEvent, saga_events_with_commands, saga_timeline_build, saga_timeline_fold
 
 
 @dataclass
@@ -99,3 +101,33 @@ def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[
         operator_actions=actions,
         timeline=saga_timeline_build(order, events),
     )
+
+
+def order_detail_after_event(timeline: SagaTimeline, message: dict) -> OrderDetail | None:
+    """What order_detail(order_id, lines=False, ledger=(), audit=False) reads right after the
+    event of `message` (a saga.event broadcast, orders.services.events.saga_event_record)
+    committed, built from `timeline` and the message: no query.
+
+    Only when `timeline` is the order's timeline just before that event (its newest event is
+    the one the message names as previous) and the event folds into it (saga_timeline_fold);
+    otherwise None, and the caller reads. The order is a copy of the timeline's with the
+    saga state of the message: of what the detail page shows, only that and the events change
+    after the first event (the customer, address and total are set when the order is placed).
+    """
+    previous = message.get("previous_event_id")
+    if previous is None or timeline.last_event_id != previous:
+        return None  # a message lost or not yet seen, an order's first event, or a page's first frame
+    raw, state = message["event"], message["order"]
+    event = TimelineEvent(id=raw["id"], step=raw["step"], kind=raw["kind"], detail=raw["detail"],
+                          attempt=raw["attempt"], created_at=datetime.fromisoformat(raw["created_at"]))
+    order = copy.copy(timeline.order)  # the kept timeline's order stays as it was read
+    order.status, order.saga_status = state["status"], state["saga_status"]
+    order.current_step, order.last_error = state["current_step"], state["last_error"]
+    order.stuck_since = datetime.fromisoformat(state["stuck_since"]) if state.get("stuck_since") else None
+    order.last_event_at, order.last_event_id = event.created_at, event.id
+    folded = saga_timeline_fold(timeline, order, event)
+    if folded is None:
+        return None
+    return OrderDetail(order=order, lines=[], reservations=[], payments=[],
+                       money=MoneySummary(charged=Decimal(0), refunded=Decimal(0)), shipment=None,
+                       notifications=[], followups=[], operator_actions=[], timeline=folded)

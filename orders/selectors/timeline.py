@@ -3,7 +3,7 @@ and the events of the saga as a whole. Operator commands come with their record 
 why) through SagaEvent.operator_action.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from ..models import Order, SagaEvent
@@ -136,9 +136,9 @@ def saga_timeline_build(order: Order, events: list[SagaEvent]) -> SagaTimeline:
             track = compensations.get(event.step)
             if track is None:
                 track = compensations[event.step] = StepTrack(step=event.step, compensation=True)
-            _advance(track, event, item)
+            _advance(track, item)
         else:
-            _advance(steps[event.step], event, item)
+            _advance(steps[event.step], item)
 
     for step, undo in compensations.items():
         forward = steps[step]
@@ -181,8 +181,8 @@ def _refused_by_carrier(track: StepTrack) -> bool:
     return track.step == StepName.SHIP.value and "refused" in track.last_error.lower()
 
 
-def _advance(track: StepTrack, event: SagaEvent, item: TimelineEvent) -> None:
-    track.events.append(item)
+def _advance(track: StepTrack, event: TimelineEvent) -> None:
+    track.events.append(event)
     kind = event.kind
     if kind in (Kind.STARTED, Kind.RETRYING, Kind.COMPENSATING) and track.stuck_at is not None:
         # An operator's retry: the wait for them is not part of the step's duration, and
@@ -215,6 +215,48 @@ def _advance(track: StepTrack, event: SagaEvent, item: TimelineEvent) -> None:
         track.last_error = event.detail
     elif kind == Kind.SIGNAL and event.detail.startswith("resolved") and track.state == "followup":
         track.state = "resolved"
+
+
+# Kinds that a fold leaves to the build: an undo (the compensation track and the states it
+# gives its forward step) and operator commands (who sent them is read with the event).
+_NOT_FOLDED = frozenset({Kind.COMPENSATING, Kind.COMPENSATED, Kind.SIGNAL, Kind.IGNORED})
+_FORWARD_STEPS = frozenset(s.value for s in StepName)
+
+
+def saga_timeline_fold(timeline: SagaTimeline, order: Order, event: TimelineEvent) -> SagaTimeline | None:
+    """The timeline with one more event on a forward step, without reading: equal to
+    saga_timeline_build(order, <the events of `timeline`> + [event]), `order` being the order
+    as that event left it. None when this cannot be told without the build: the event is not
+    newer than the timeline, or is not on a forward step, or is an undo or an operator
+    command; the timeline has compensations; the saga is (or was) finished; or it has just
+    become stuck (a step shown failed may then read stuck again).
+
+    A new timeline: `timeline` is not changed (a live page may still render from it). The
+    tracks the event does not touch, and the saga-level events, are shared with it: nothing
+    changes a built timeline's tracks or lists (only this module builds them, and it folds
+    into copies).
+    """
+    was, now = timeline.order.saga_status, order.saga_status
+    if (event.step not in _FORWARD_STEPS or event.kind in _NOT_FOLDED or timeline.compensations
+            or (timeline.last_event_id is not None and event.id <= timeline.last_event_id)
+            or was in TERMINAL_SAGA_STATUSES or now in TERMINAL_SAGA_STATUSES
+            or (now in STUCK_SAGA_STATUSES and was not in STUCK_SAGA_STATUSES)):
+        return None
+    # What the build does after its fold, for a saga not finished and with no compensation:
+    # a stuck step nobody waits on any more reads failed. While the saga was stuck the kept
+    # tracks show their states as folded; otherwise a stuck one already reads failed, and
+    # stays so (the saga is not stuck now either).
+    settled = now in STUCK_SAGA_STATUSES
+    steps = []
+    for track in timeline.steps:
+        if track.step == event.step:
+            track = replace(track, events=list(track.events))
+            _advance(track, event)
+        if track.state == "stuck" and not settled:
+            track = replace(track, state="failed")
+        steps.append(track)
+    return SagaTimeline(order=order, steps=steps, compensations=[], saga_events=timeline.saga_events,
+                        event_count=timeline.event_count + 1, last_event_id=event.id)
 
 
 def saga_timeline(order: Order) -> SagaTimeline:

@@ -25,6 +25,9 @@ def _order_snapshot(order: Order) -> dict:
         "saga_status": order.saga_status,
         "current_step": order.current_step,
         "last_error": order.last_error,
+        # With the fields above, all of the order a live page's summary shows that a saga
+        # event can change (ops/order_pages/consumers.py builds a frame from the message).
+        "stuck_since": order.stuck_since.isoformat() if order.stuck_since else None,
     }
 
 
@@ -37,10 +40,11 @@ def saga_event_record(
     `state` (status, saga_status, current_step, last_error) changes the order in the same
     UPDATE that stamps last_event_at: one write for the order per event.
     `operator_action_id`: the operator command this event answers (a signal, an ignored one).
+    The message names the order's previous event (`previous_event_id`, from Order.last_event_id).
     `key` makes the write happen once: an event with that key already there (a replayed
     local activity, a re-run attempt) is returned as it is, with no state change and no
     broadcast. The unique column backs this up.
-    The caller holds the order's row lock (orders.locks.lock_order).
+    The caller holds the order's row lock (orders.locks.lock_order) and loaded `order` under it.
     """
     if key:
         existing = SagaEvent.objects.filter(idempotency_key=key).first()
@@ -51,8 +55,13 @@ def saga_event_record(
         order=order, step=step, kind=kind, detail=detail[:2000], attempt=attempt, idempotency_key=key or None,
         operator_action_id=operator_action_id,
     )
+    # The caller loaded the order under its row lock, so last_event_id is the event before
+    # this one: the broadcast names it, and a page holding the timeline up to it adds this
+    # event without reading (ops/order_pages/consumers.py).
+    previous_event_id = order.last_event_id
     order.last_event_at = event.created_at
-    order.save(update_fields=[*changed, "last_event_at", "updated_at"])
+    order.last_event_id = event.pk
+    order.save(update_fields=[*changed, "last_event_at", "last_event_id", "updated_at"])
     publish_on_commit(
         [order_group(order.pk), OPS_GROUP],
         {
@@ -65,6 +74,7 @@ def saga_event_record(
                 "attempt": event.attempt,
                 "created_at": event.created_at.isoformat(),
             },
+            "previous_event_id": previous_event_id,
             "order": _order_snapshot(order),
         },
     )
