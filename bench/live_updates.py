@@ -379,7 +379,7 @@ def main() -> int:
     foreign = duplicates = no_event = 0
     for index, order_id, event_id, arrived in frames:
         if event_id == -1:
-            no_event += 1  # a frame answering no one event: the waterfall, redrawn after a burst
+            no_event += 1  # answering no one event: the waterfall (redrawn after a burst), the buttons
             continue
         origin = committed.get(event_id)
         if origin is None or origin[0] != order_id:
@@ -404,7 +404,7 @@ def main() -> int:
           f"{f'; {args.hogs} busy-loop process(es) beside it' if args.hogs else ''}")
     print(f"  sockets connected with their first render in {connect_seconds:.2f} s")
     print(f"  frames expected {expected}, received {len(delivered)}, dropped {dropped}"
-          f" (duplicates {duplicates}, frames for events not ours {foreign}; waterfall redraws {no_event})")
+          f" (duplicates {duplicates}, frames for events not ours {foreign}; waterfall and button frames {no_event})")
     if sources:
         print(f"  detail frames built from the event's message {sources.get('message', 0):.0f}, "
               f"read from the database {sources.get('read', 0):.0f}")

@@ -277,8 +277,23 @@ class OrderDetailConsumer(StaffConsumer):
 
         return await database_read(render)
 
+    # The order whose buttons the last event frame may have changed (set by _event_frame).
+    _buttons_of: Order | None = None
+
     async def saga_event(self, message):
+        # The event's frame goes out as soon as it is rendered, and the buttons it may have
+        # changed follow in a frame of their own. Renders queue on the process's one reader
+        # thread: in a burst, this order's buttons render came after the other orders' event
+        # frames, and sent together with it, the event waited for all of them
+        # (bench/live_updates.py). A command from a button shown a moment too long is
+        # refused with its reason when it is checked under the order's lock.
+        self._buttons_of = None
         await self.send_safely(lambda: self._event_frame(message))
+        order, self._buttons_of = self._buttons_of, None
+        if order is not None:
+            event_id = message["event"]["id"]
+            await self.send_safely(lambda: shared_renders.get(("actions", self.order_id, event_id, self.permissions),
+                                                              render_actions, order, self.permissions))
         # The waterfall redraws every row and rescales its axis from all the saga's events,
         # so a burst of events gets one redraw, after the burst, and a busy saga one a
         # second: redrawn per event it was a fifth of the server's CPU with 20 busy sagas
@@ -301,8 +316,6 @@ class OrderDetailConsumer(StaffConsumer):
         if rendered is None:
             return ""
         html, order, buttons_may_change = rendered
-        if not buttons_may_change:
-            return html
-        actions = await shared_renders.get(("actions", self.order_id, event_id, self.permissions),
-                                           render_actions, order, self.permissions)
-        return html + actions
+        if buttons_may_change:
+            self._buttons_of = order
+        return html
