@@ -87,6 +87,7 @@ class _Publisher:
                 for group in groups:
                     await layer.group_send(group, message)
                 self.published += 1
+                metrics.broadcast_published(message.get("committed_at"))
             except Exception:
                 self.failed += 1
                 metrics.broadcast_failed()

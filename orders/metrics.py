@@ -68,6 +68,12 @@ COMMIT_TO_FRAME = Histogram(
 )
 BROADCAST_FAILURES = Counter(f"{PREFIX}_broadcast_publish_failures", "Channel-layer publishes that failed.")
 BROADCAST_DROPS = Counter(f"{PREFIX}_broadcast_dropped", "Broadcasts dropped because the publish queue was full.")
+BROADCAST_DELAY = Histogram(
+    f"{PREFIX}_broadcast_commit_to_publish_seconds",
+    "From the commit of a saga event to its message published on the channel layer (the web's "
+    "commit-to-frame histogram includes this).",
+    buckets=LATENCY_BUCKETS,
+)
 
 # --- the saga ------------------------------------------------------------------------
 SAGAS_FINISHED = Counter(f"{PREFIX}_sagas_finished", "Sagas that ended, by outcome.", ["outcome"])
@@ -145,6 +151,11 @@ def broadcast_failed() -> None:
 def broadcast_dropped() -> None:
     if enabled():
         BROADCAST_DROPS.inc()
+
+
+def broadcast_published(committed_at: float | None) -> None:
+    if enabled() and committed_at is not None:
+        BROADCAST_DELAY.observe(max(time.time() - committed_at, 0.0))
 
 
 def step_attempt_observe(*, step: str, compensation: bool, outcome: str, seconds: float) -> None:

@@ -7,6 +7,7 @@ whose group_send raises keeps publishing; a full queue drops the oldest and coun
 
 import asyncio
 import logging
+import time
 import uuid
 
 import pytest
@@ -136,3 +137,25 @@ async def test_every_fresh_worker_process_delivers_its_first_event(temporal_serv
         await end_open_workflows(client)
         for order, channel in subscriptions:
             await layer.group_discard(order_group(order.pk), channel)
+
+
+async def test_publisher_measures_commit_to_publish(settings):
+    """The publishing side of the live pages' delay: from an event's commit (stamped on its
+    message) to its message on the channel layer."""
+    from prometheus_client import REGISTRY
+
+    settings.METRICS_ENABLED = True
+    name = "ordersite_broadcast_commit_to_publish_seconds"
+
+    def observed(bucket: str) -> float:
+        return REGISTRY.get_sample_value(f"{name}_bucket", {"le": bucket}) or 0.0
+
+    before_count, before_fast = observed("+Inf"), observed("0.5")
+    layer = FlakyLayer(failures=0)
+    publisher = _Publisher(10, layer=layer)
+    publisher.put(["g"], {"n": 0, "committed_at": time.time() - 2.0})  # committed 2 s ago
+    publisher.put(["g"], {"n": 1})  # no commit stamp (not a saga event): not measured
+    await _until(lambda: len(layer.sent) == 2)
+    assert observed("+Inf") == before_count + 1
+    assert observed("0.5") == before_fast  # measured from the commit: about 2 s, not ~0
+    publisher.task.cancel()
