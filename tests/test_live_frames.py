@@ -29,17 +29,20 @@ from .factories import make_order
 from .websockets import open_socket, receive_until
 
 RUNNING = {"status": "processing", "saga_status": "running"}
+# Queries of a ledger section read on its own (orders.selectors.ledger): the follow-ups come
+# with the notifications.
+LEDGER_QUERIES = {"stock": 1, "payments": 1, "shipment": 1, "notify": 2}
 
 # A saga with retries, a stuck step resumed, a follow-up and its resend, and the finish:
 # (step, kind, detail, attempt, order state set with the event, built from the message?).
-# Folded: a forward step's progress after an event this process saw. Read: an order's first
-# event, an event whose frame shows the ledger, the audit list or the buttons, the saga
-# becoming stuck or finishing.
+# Folded: a forward step's progress after an event this process saw (a step's effect then
+# reads its ledger section alone). Read: an order's first event, an event whose frame shows
+# the audit list or the buttons, the saga becoming stuck or finishing.
 BUSY_SAGA = [
     ("validate", "started", "", 1, {**RUNNING, "current_step": "validate"}, False),  # the first event
     ("validate", "succeeded", "2 line(s), total 49.90 EUR", 1, {}, True),
     ("reserve", "started", "", 1, {"current_step": "reserve"}, True),
-    ("reserve", "succeeded", "Reserved 1 x Mug", 1, {}, False),  # the stock ledger
+    ("reserve", "succeeded", "Reserved 1 x Mug", 1, {}, True),  # and the stock ledger read alone
     ("charge", "started", "", 1, {"current_step": "charge"}, True),
     ("charge", "failed", "payment unavailable: timed out", 1, {"last_error": "payment unavailable: timed out"}, True),
     ("charge", "retrying", "", 2, {}, True),
@@ -48,19 +51,19 @@ BUSY_SAGA = [
      {"saga_status": "stuck", "last_error": "payment unavailable (gave up)"}, False),  # stuck now
     # Resumed without a signal of its own (an automatic decision): stuck -> running.
     ("charge", "retrying", "", 1, {"saga_status": "running"}, True),
-    ("charge", "succeeded", "Charged 49.90 EUR", 1, {}, False),  # the payments ledger
+    ("charge", "succeeded", "Charged 49.90 EUR", 1, {}, True),  # and the payments ledger
     ("confirm", "started", "", 1, {"current_step": "confirm"}, True),
-    ("confirm", "succeeded", "Sold 2 item(s)", 1, {}, False),
+    ("confirm", "succeeded", "Sold 2 item(s)", 1, {}, True),
     ("ship", "started", "", 1, {"current_step": "ship"}, True),
     ("ship", "failed", "carrier unavailable", 1, {"last_error": "carrier unavailable"}, True),
     ("ship", "retrying", "resuming after parcel 1", 2, {}, True),
-    ("ship", "succeeded", "Booked 2 parcel(s)", 2, {}, False),
+    ("ship", "succeeded", "Booked 2 parcel(s)", 2, {}, True),
     ("notify", "started", "", 1, {"current_step": "notify"}, True),
-    ("notify", "failed", "mailer refused", 1, {"last_error": "mailer refused"}, False),  # the notify ledger
+    ("notify", "failed", "mailer refused", 1, {"last_error": "mailer refused"}, True),  # and the notify ledger
     ("notify", "followup", "Could not notify the customer", 1, {"saga_status": "needs_followup"}, False),
     ("notify", "signal", "resend requested (action #0): test", 1, {"saga_status": "running"}, False),
     ("notify", "retrying", "", 2, {}, True),
-    ("notify", "succeeded", "Emailed ada@example.com", 2, {}, False),
+    ("notify", "succeeded", "Emailed ada@example.com", 2, {}, True),
     ("", "finished", "Order completed", 1, {"status": "completed", "saga_status": "completed"}, False),
 ]
 
@@ -69,7 +72,7 @@ ROLLBACK = [
     ("validate", "started", "", 1, {**RUNNING, "current_step": "validate"}, False),
     ("validate", "succeeded", "ok", 1, {}, True),
     ("reserve", "started", "", 1, {"current_step": "reserve"}, True),
-    ("reserve", "succeeded", "Reserved", 1, {}, False),
+    ("reserve", "succeeded", "Reserved", 1, {}, True),
     ("charge", "started", "", 1, {"current_step": "charge"}, True),
     ("charge", "failed", "card declined", 1, {"last_error": "card declined"}, True),
     ("reserve", "compensating", "", 1, {"saga_status": "compensating"}, False),
@@ -141,10 +144,17 @@ def test_a_frame_built_from_the_message_is_the_frame_a_read_renders(saga):
         event = message["event"]
         with process_state_kept():
             read = consumers.render_detail_frame(order.pk, event["id"], kind, step)
+        built = ops_metrics.LIVE_DETAIL_FRAMES.labels("message")._value.get()
         with CaptureQueriesContext(connection) as queries:
             from_message = consumers.render_detail_frame(order.pk, event["id"], kind, step, message)
         assert frame_of(from_message) == frame_of(read), (step, kind)
-        folded.append(len(queries) == 0)
+        was_folded = ops_metrics.LIVE_DETAIL_FRAMES.labels("message")._value.get() == built + 1
+        folded.append(was_folded)
+        if was_folded:
+            # No read of the order or its events: only the ledger section the step moved.
+            plan = consumers.frame_plan(kind, step)
+            ledger_queries = sum(LEDGER_QUERIES[section] for section in plan.ledger)
+            assert len(queries) == ledger_queries, (step, kind, [q["sql"] for q in queries.captured_queries])
     assert folded == [expected for *_, expected in saga]
 
 
@@ -270,3 +280,56 @@ async def test_the_detail_socket_builds_a_step_event_frame_from_its_message(staf
         await communicator.disconnect()
     finally:
         await sync_to_async(reader_connection_close)()
+
+
+@pytest.mark.django_db
+def test_a_step_effect_frame_reads_only_its_ledger_section_and_renders_what_a_read_does(django_user_model):
+    """A step's effect (stock held, money taken, parcels booked, an email refused with its
+    follow-up) folds into the kept timeline and reads its own ledger rows alone: the frame is
+    the one a whole read renders, rows and all."""
+    from decimal import Decimal
+
+    from orders.models import FollowUp, NotificationAttempt, Payment, Reservation, Shipment
+
+    order = make_order(start_saga=False)
+    line = order.lines.select_related("product").first()
+    staff = django_user_model.objects.create_user("ledger-reader", password="x")
+    consumers.render_detail_frame(order.pk)  # a page open from the start
+
+    def effect_then_event(step, kind, detail, write):
+        write()
+        with published_messages() as messages:
+            record(order.pk, step, kind, detail, 1, {"current_step": step, **RUNNING})
+        message = messages[-1]
+        with process_state_kept():
+            read = consumers.render_detail_frame(order.pk, message["event"]["id"], kind, step)
+        built = ops_metrics.LIVE_DETAIL_FRAMES.labels("message")._value.get()
+        with CaptureQueriesContext(connection) as queries:
+            from_message = consumers.render_detail_frame(order.pk, message["event"]["id"], kind, step, message)
+        assert ops_metrics.LIVE_DETAIL_FRAMES.labels("message")._value.get() == built + 1, (step, kind)
+        assert frame_of(from_message) == frame_of(read), (step, kind)
+        section = consumers.LEDGER_OF_STEP[step]
+        assert len(queries) == LEDGER_QUERIES[section], [q["sql"] for q in queries.captured_queries]
+        return from_message[0]
+
+    with published_messages():
+        record(order.pk, "validate", "started", "", 1, {**RUNNING, "current_step": "validate"})
+    consumers.render_detail_frame(order.pk)  # the page reads once more: the chain starts here
+    html = effect_then_event("reserve", "succeeded", "Reserved", lambda: Reservation.objects.create(
+        order=order, product=line.product, quantity=line.quantity))
+    assert line.product.name in html
+    html = effect_then_event("charge", "succeeded", "Charged", lambda: Payment.objects.create(
+        order=order, kind="charge", amount=Decimal("12.34"), currency="EUR", idempotency_key=f"{order.pk}:charge",
+        gateway_reference="ref-ledger-1"))
+    assert "ref-ledger-1" in html and "12.34" in html
+    html = effect_then_event("ship", "succeeded", "Booked", lambda: Shipment.objects.create(
+        order=order, state="booked", carrier_reference="TRACK-LEDGER-1", parcels_total=2, parcels_booked=2,
+        idempotency_key=f"{order.pk}:ship"))
+    assert "TRACK-LEDGER-1" in html
+
+    def email_refused():
+        NotificationAttempt.objects.create(order=order, succeeded=False, error="mailbox full (ledger test)")
+        FollowUp.objects.create(order=order, reason="Could not notify", claimed_by=staff)
+
+    html = effect_then_event("notify", "failed", "mailer refused", email_refused)
+    assert "mailbox full (ledger test)" in html and "ledger-reader" in html

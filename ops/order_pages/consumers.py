@@ -131,20 +131,22 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
     return html, order, buttons_changed or plan is None or plan.actions
 
 
-# Only the parts of a step's own track: the message has the event and the order's state.
+# Only the parts of a step's own track (and the ledger sections its effect moved, read on
+# their own): the message has the event and the order's state.
 TRACK_ONLY = FramePlan(track=True)
 
 
 def _detail_from_message(order_id: int, plan: FramePlan | None, message: dict) -> OrderDetail | None:
     """The frame's data built from the event's message on top of the timeline kept for the
-    order, or None (read instead): no timeline kept, the kept one is not the one just before
-    this event (a message lost, or a read that already saw later events), the plan needs the
-    ledger, the audit list or the buttons, or the event does not fold (see
+    order (reading only the ledger sections the plan names), or None (read instead): no
+    timeline kept, the kept one is not the one just before this event (a message lost, or a
+    read that already saw later events), the plan needs the audit list, the buttons or more
+    than the step's own track, or the event does not fold (see
     orders.selectors.ledger.order_detail_after_event)."""
     kept = _timelines.get(order_id)
-    if kept is None or plan != TRACK_ONLY:
+    if kept is None or plan is None or replace(plan, ledger=frozenset()) != TRACK_ONLY:
         return None
-    return order_detail_after_event(kept, message)
+    return order_detail_after_event(kept, message, ledger=plan.ledger)
 
 
 class BoundedMap(dict):

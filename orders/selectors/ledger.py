@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from django.db.models import Prefetch
 
-from ..models import FollowUp, NotificationAttempt, OperatorAction, Order, OrderLine, Payment, Reservation
+from ..models import FollowUp, NotificationAttempt, OperatorAction, Order, OrderLine, Payment, Reservation, Shipment
 from ..temporal_client import workflow_ui_url
 from .timeline import SagaTimeline, TimelineEvent, saga_events_with_commands, saga_timeline_build, saga_timeline_fold
 
@@ -91,10 +91,7 @@ def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[
         lines=list(order.lines.all()) if lines else [],
         reservations=list(order.reservations.all()) if "stock" in sections else [],
         payments=payments,
-        money=MoneySummary(
-            charged=sum((p.amount for p in payments if p.kind == Payment.Kind.CHARGE), Decimal(0)),
-            refunded=sum((p.amount for p in payments if p.kind == Payment.Kind.REFUND), Decimal(0)),
-        ),
+        money=_money(payments),
         shipment=shipment,
         notifications=list(order.notifications.all()) if "notify" in sections else [],
         followups=list(order.followups.all()) if "notify" in sections else [],
@@ -103,10 +100,37 @@ def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[
     )
 
 
-def order_detail_after_event(timeline: SagaTimeline, message: dict) -> OrderDetail | None:
-    """What order_detail(order_id, lines=False, ledger=(), audit=False) reads right after the
-    event of `message` (a saga.event broadcast, orders.services.events.saga_event_record)
-    committed, built from `timeline` and the message: no query.
+def _money(payments: list[Payment]) -> MoneySummary:
+    return MoneySummary(
+        charged=sum((p.amount for p in payments if p.kind == Payment.Kind.CHARGE), Decimal(0)),
+        refunded=sum((p.amount for p in payments if p.kind == Payment.Kind.REFUND), Decimal(0)),
+    )
+
+
+def _ledger_sections_read(order_id: int, sections: frozenset[str]) -> dict:
+    """The ledger sections named, read on their own (a query each; notify two), as
+    order_detail reads them with the order: OrderDetail's fields by name."""
+    parts: dict = {}
+    if "stock" in sections:
+        parts["reservations"] = list(Reservation.objects.filter(order_id=order_id).select_related("product").order_by("id"))
+    if "payments" in sections:
+        parts["payments"] = list(Payment.objects.filter(order_id=order_id).order_by("id"))
+        parts["money"] = _money(parts["payments"])
+    if "shipment" in sections:
+        parts["shipment"] = Shipment.objects.filter(order_id=order_id).order_by().first()
+    if "notify" in sections:
+        parts["notifications"] = list(NotificationAttempt.objects.filter(order_id=order_id).order_by("id"))
+        parts["followups"] = list(FollowUp.objects.filter(order_id=order_id).select_related("claimed_by").order_by("id"))
+    return parts
+
+
+def order_detail_after_event(timeline: SagaTimeline, message: dict,
+                             ledger: frozenset[str] = frozenset()) -> OrderDetail | None:
+    """What order_detail(order_id, lines=False, ledger=ledger, audit=False) reads right
+    after the event of `message` (a saga.event broadcast, orders.services.events.
+    saga_event_record) committed, built from `timeline` and the message: no query for the
+    order and its events, only one per ledger section named (a step's effect: the stock it
+    reserved, the money it took...).
 
     Only when `timeline` is the order's timeline just before that event (its newest event is
     the one the message names as previous) and the event folds into it (saga_timeline_fold);
@@ -128,6 +152,6 @@ def order_detail_after_event(timeline: SagaTimeline, message: dict) -> OrderDeta
     folded = saga_timeline_fold(timeline, order, event)
     if folded is None:
         return None
-    return OrderDetail(order=order, lines=[], reservations=[], payments=[],
-                       money=MoneySummary(charged=Decimal(0), refunded=Decimal(0)), shipment=None,
-                       notifications=[], followups=[], operator_actions=[], timeline=folded)
+    parts = {"reservations": [], "payments": [], "money": _money([]), "shipment": None, "notifications": [],
+             "followups": [], **_ledger_sections_read(order.pk, ledger)}
+    return OrderDetail(order=order, lines=[], operator_actions=[], timeline=folded, **parts)
