@@ -201,10 +201,36 @@ def test_a_lost_message_makes_the_next_frame_read():
         record(order.pk, "validate", "failed", "lost on the way", 1, {})  # never reaches this process
         record(order.pk, "validate", "retrying", "", 2, {})
     message = messages[1]
-    with CaptureQueriesContext(connection) as queries:
-        html, _, _ = consumers.render_detail_frame(order.pk, message["event"]["id"], "retrying", "validate", message)
-    assert len(queries) == 2
+    html, _, _ = consumers.render_detail_frame(order.pk, message["event"]["id"], "retrying", "validate", message)
     assert "3 events recorded" in html  # the lost one included
+    assert f'id="saga-event-{messages[0]["event"]["id"]}"' in html
+
+
+@pytest.mark.django_db
+def test_a_frame_after_a_lost_message_mends_the_whole_page():
+    """A worker killed between an event's commit and its publish: the page never gets that
+    event's frame. The next event's message names it as the previous one, so its frame is
+    the whole of the page's live parts, the lost event's step included, not that step alone."""
+    order = make_order(start_saga=False)
+    with published_messages() as messages:
+        record(order.pk, "validate", "started", "", 1, {**RUNNING, "current_step": "validate"})
+    consumers.render_detail_frame(order.pk, messages[0]["event"]["id"], "started", "validate", messages[0])
+    with published_messages() as messages:
+        record(order.pk, "validate", "succeeded", "lost with its worker", 1, {})  # never published
+        record(order.pk, "reserve", "started", "", 1, {"current_step": "reserve"})
+    lost, arrived = messages
+    assert arrived["previous_event_id"] == lost["event"]["id"]
+    html, _, buttons = consumers.render_detail_frame(order.pk, arrived["event"]["id"], "started", "reserve", arrived)
+    assert f'id="saga-{order.pk}-step-validate-head" class="step-summary state-succeeded"' in html
+    assert f'id="saga-event-{lost["event"]["id"]}"' in html and "lost with its worker" in html
+    assert f'id="order-summary-{order.pk}"' in html and f'id="order-ledger-{order.pk}' in html
+    assert buttons  # the whole page: the buttons are sent again too
+    # Once mended, the chain holds again: the next step event folds.
+    with published_messages() as messages:
+        record(order.pk, "reserve", "failed", "no stock", 1, {"last_error": "no stock"})
+    built = ops_metrics.LIVE_DETAIL_FRAMES.labels("message")._value.get()
+    consumers.render_detail_frame(order.pk, messages[0]["event"]["id"], "failed", "reserve", messages[0])
+    assert ops_metrics.LIVE_DETAIL_FRAMES.labels("message")._value.get() == built + 1
 
 
 # --- the fold itself (orders.selectors.timeline) ----------------------------------------------

@@ -95,6 +95,8 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
     follows the timeline kept here (_detail_from_message), else the order and its events.
     """
     plan = frame_plan(kind, step) if trigger_event_id is not None else None
+    if plan is not None and _follows_a_missed_event(order_id, message):
+        plan = None  # the whole of the page's live parts, the missed event's step included
     detail = _detail_from_message(order_id, plan, message) if message is not None else None
     if detail is not None:
         metrics.live_detail_frame_counted("message")
@@ -129,6 +131,19 @@ def render_detail_frame(order_id: int, trigger_event_id: int | None = None, kind
                "track": track, "appended_event": appended, "summary_changed": summary_changed}
     html = render_to_string("orders/partials/order_detail_live.html", context)
     return html, order, buttons_changed or plan is None or plan.actions
+
+
+def _follows_a_missed_event(order_id: int, message: dict | None) -> bool:
+    """Whether an event of the order between the timeline kept here and this one never
+    reached this process: its broadcast was lost (a worker killed between the event's commit
+    and its publish, Redis away a moment). A frame of this event's step alone would leave
+    that event's step as the page last showed it until a reload; the whole frame mends it.
+    A message merely overtaken by this one (two workers publishing) costs a whole frame too,
+    and its own frame then reads."""
+    kept = _timelines.get(order_id)
+    previous = message.get("previous_event_id") if message is not None else None
+    return (previous is not None and kept is not None and kept.last_event_id is not None
+            and previous > kept.last_event_id)
 
 
 # Only the parts of a step's own track (and the ledger sections its effect moved, read on
