@@ -105,6 +105,15 @@ def record(order_id: int, step: str, kind: str, detail: str, attempt: int, state
         saga_event_record(order, kind=kind, step=step, detail=detail, attempt=attempt)
 
 
+def order_with_a_page_at_its_first_event() -> Order:
+    """An order whose saga has started, with a page whose process rendered that first event."""
+    order = make_order(start_saga=False)
+    with published_messages() as messages:
+        record(order.pk, "validate", "started", "", 1, {**RUNNING, "current_step": "validate"})
+    consumers.render_detail_frame(order.pk, messages[0]["event"]["id"], "started", "validate", messages[0])
+    return order
+
+
 @contextmanager
 def process_state_kept():
     """Render, then put the process's kept timelines and rendered states back as they were."""
@@ -193,10 +202,7 @@ def test_a_step_event_costs_no_query_and_one_not_following_the_kept_timeline_is_
 
 @pytest.mark.django_db
 def test_a_lost_message_makes_the_next_frame_read():
-    order = make_order(start_saga=False)
-    with published_messages() as messages:
-        record(order.pk, "validate", "started", "", 1, {**RUNNING, "current_step": "validate"})
-    consumers.render_detail_frame(order.pk, messages[0]["event"]["id"], "started", "validate", messages[0])
+    order = order_with_a_page_at_its_first_event()
     with published_messages() as messages:
         record(order.pk, "validate", "failed", "lost on the way", 1, {})  # never reaches this process
         record(order.pk, "validate", "retrying", "", 2, {})
@@ -211,10 +217,7 @@ def test_a_frame_after_a_lost_message_mends_the_whole_page():
     """A worker killed between an event's commit and its publish: the page never gets that
     event's frame. The next event's message names it as the previous one, so its frame is
     the whole of the page's live parts, the lost event's step included, not that step alone."""
-    order = make_order(start_saga=False)
-    with published_messages() as messages:
-        record(order.pk, "validate", "started", "", 1, {**RUNNING, "current_step": "validate"})
-    consumers.render_detail_frame(order.pk, messages[0]["event"]["id"], "started", "validate", messages[0])
+    order = order_with_a_page_at_its_first_event()
     with published_messages() as messages:
         record(order.pk, "validate", "succeeded", "lost with its worker", 1, {})  # never published
         record(order.pk, "reserve", "started", "", 1, {"current_step": "reserve"})
