@@ -44,6 +44,25 @@ class OrderDetail:
 LEDGER_SECTIONS = frozenset({"stock", "payments", "shipment", "notify"})
 
 
+# How the ledger sections' rows are read, with the order (order_detail's prefetches) or on
+# their own (order_detail_after_event): one definition, so a live frame built either way
+# shows the same rows in the same order.
+def _reservations():
+    return Reservation.objects.select_related("product").order_by("id")
+
+
+def _payments():
+    return Payment.objects.order_by("id")
+
+
+def _notifications():
+    return NotificationAttempt.objects.order_by("id")
+
+
+def _followups():
+    return FollowUp.objects.select_related("claimed_by").order_by("id")
+
+
 def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[str] = True,
                  audit: bool = True) -> OrderDetail | None:
     """Everything the detail page shows, in a fixed number of queries (8 with lines, the
@@ -63,13 +82,13 @@ def order_detail(order_id: int, *, lines: bool = True, ledger: bool | frozenset[
     if "shipment" in sections:
         qs = qs.select_related("shipment")
     if "stock" in sections:
-        prefetches.append(Prefetch("reservations", queryset=Reservation.objects.select_related("product").order_by("id")))
+        prefetches.append(Prefetch("reservations", queryset=_reservations()))
     if "payments" in sections:
-        prefetches.append(Prefetch("payments", queryset=Payment.objects.order_by("id")))
+        prefetches.append(Prefetch("payments", queryset=_payments()))
     if "notify" in sections:
         prefetches += [
-            Prefetch("notifications", queryset=NotificationAttempt.objects.order_by("id")),
-            Prefetch("followups", queryset=FollowUp.objects.select_related("claimed_by").order_by("id")),
+            Prefetch("notifications", queryset=_notifications()),
+            Prefetch("followups", queryset=_followups()),
         ]
     # order_by(): a lookup by key needs no ORDER BY (the model's default ordering costs compile time).
     order = next(iter(qs.prefetch_related(*prefetches).filter(pk=order_id).order_by()[:1]), None)
@@ -112,15 +131,15 @@ def _ledger_sections_read(order_id: int, sections: frozenset[str]) -> dict:
     order_detail reads them with the order: OrderDetail's fields by name."""
     parts: dict = {}
     if "stock" in sections:
-        parts["reservations"] = list(Reservation.objects.filter(order_id=order_id).select_related("product").order_by("id"))
+        parts["reservations"] = list(_reservations().filter(order_id=order_id))
     if "payments" in sections:
-        parts["payments"] = list(Payment.objects.filter(order_id=order_id).order_by("id"))
+        parts["payments"] = list(_payments().filter(order_id=order_id))
         parts["money"] = _money(parts["payments"])
     if "shipment" in sections:
         parts["shipment"] = Shipment.objects.filter(order_id=order_id).order_by().first()
     if "notify" in sections:
-        parts["notifications"] = list(NotificationAttempt.objects.filter(order_id=order_id).order_by("id"))
-        parts["followups"] = list(FollowUp.objects.filter(order_id=order_id).select_related("claimed_by").order_by("id"))
+        parts["notifications"] = list(_notifications().filter(order_id=order_id))
+        parts["followups"] = list(_followups().filter(order_id=order_id))
     return parts
 
 

@@ -5,13 +5,12 @@ product), in the same transaction as the counters, so a retried activity finds i
 earlier rows and moves nothing twice. Counters keep on_hand + reserved + sold == received.
 """
 
-
 from ..errors import InventoryFailure, OutOfStock
 from ..faults import fault_for
 from ..locks import lock_order, lock_products
-from .transactions import step_atomic
 from ..models import Order, Reservation, SagaEvent, StockMovement
 from .events import saga_event_record
+from .transactions import step_atomic
 
 
 def _already_done(key: str) -> bool:

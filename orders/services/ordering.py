@@ -14,11 +14,11 @@ from ..addresses import AddressInvalid, ShippingAddress, address_clean
 from ..errors import OrderInvalid
 from ..faults import FaultPlanInvalid, fault_plan_clean
 from ..locks import lock_order
-from .transactions import step_atomic
 from ..log_context import get_logger, order_bind
 from ..models import Order, OrderLine, Product, SagaEvent
 from ..status import OrderStatus, SagaStatus
 from .events import saga_event_record
+from .transactions import step_atomic
 
 logger = get_logger(__name__)
 

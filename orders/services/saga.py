@@ -12,7 +12,6 @@ from temporalio.service import RPCError
 
 from .. import metrics
 from ..locks import lock_order
-from .transactions import step_atomic
 from ..log_context import get_logger, order_bind
 from ..models import OperatorAction, Order, SagaEvent
 from ..saga import search_attributes as sa
@@ -21,6 +20,7 @@ from ..status import ORDER_STATUS_AFTER_SAGA, STUCK_SAGA_STATUSES, TERMINAL_SAGA
 from ..temporal_client import run_with_client
 from .commands import operator_action_outcome_record
 from .events import order_saga_state_set, saga_event_record
+from .transactions import step_atomic
 
 logger = get_logger(__name__)
 
