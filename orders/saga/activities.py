@@ -81,6 +81,14 @@ def _infrastructure_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _infrastructure_unavailable(infrastructure: BaseException) -> ApplicationError:
+    """What the saga reads as a lost attempt (order_saga._lost_attempt), not a failed one."""
+    return ApplicationError(
+        f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})".strip(),
+        type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,
+    )
+
+
 class _Heartbeat:
     """Heartbeats every `interval` from a background thread while the step's call runs,
     repeating the latest details (shipping's last booked parcel), so they are never lost."""
@@ -187,10 +195,7 @@ def _record_step(inp: StepInput, body: Callable[[int], str], *, compensation: bo
             # recorded against the step (the database may well be what is down).
             logger.warning("step_infrastructure_unavailable", step=inp.step.value, error=str(infrastructure),
                            error_type=type(infrastructure).__name__)
-            raise ApplicationError(
-                f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})".strip(),
-                type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,
-            ) from exc
+            raise _infrastructure_unavailable(infrastructure) from exc
         measured("failed")
         if own_database_only:
             started()  # it rolled back with the effect
@@ -330,13 +335,25 @@ def notify_customer(inp: StepInput) -> StepResult:
 def notify_outcome(notice: OutcomeNotice) -> str:
     """The customer hears that their order failed or was cancelled (orders.saga.order_saga,
     behind PATCH_OUTCOME_TOLD). A failed attempt is in the notification ledger."""
+    return _outcome_told(notice, notifications.customer_outcome_notify)
+
+
+def _outcome_told(notice: OutcomeNotice, tell: Callable[..., str]) -> str:
+    """Run `tell` (customer_outcome_notify); our own outage is reported as such, so the saga
+    runs the email again instead of counting it as the mailer's failure."""
     close_old_connections()
     try:
-        return notifications.customer_outcome_notify(
-            order_id=notice.order_id, outcome=notice.outcome, idempotency_key=notice.idempotency_key,
-            attempt=activity.info().attempt)
+        return tell(order_id=notice.order_id, outcome=notice.outcome, idempotency_key=notice.idempotency_key,
+                    attempt=activity.info().attempt)
     except OrderError as exc:
         raise ApplicationError(str(exc), type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN) from exc
+    except Exception as exc:
+        infrastructure = _infrastructure_error(exc)
+        if infrastructure is None:
+            raise
+        logger.warning("outcome_email_infrastructure_unavailable", order_id=notice.order_id,
+                       error=str(infrastructure), error_type=type(infrastructure).__name__)
+        raise _infrastructure_unavailable(infrastructure) from exc
     finally:
         close_old_connections()
 

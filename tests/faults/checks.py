@@ -52,6 +52,16 @@ def _story(ev_t: str, pk: int) -> str:
     )
 
 
+def _mail_story(pk: int) -> str:
+    """The order's notification ledger, oldest first: which attempts failed, and why."""
+    return "\n".join(
+        f"    {created:%H:%M:%S.%f} notification #{attempt} [{key}] {'sent' if ok else 'failed'} {error[:200]}"
+        for created, attempt, key, ok, error in _rows(
+            f"SELECT created_at, attempt, idempotency_key, succeeded, error FROM {_table('orders', 'NotificationAttempt')} "
+            f"WHERE order_id = %s ORDER BY id", [pk])
+    ) or "    (no notification attempt recorded)"
+
+
 def _table(app_label: str, model: str) -> str:
     return apps.get_model(app_label, model)._meta.db_table
 
@@ -220,7 +230,8 @@ def run_checks(run: FaultRun) -> None:
             v["completed orders emailed once"].append(f"order {pk} {outcome} but {n} confirmation(s) sent")
         told = told_undone[authoritative][email_]
         if told != (1 if outcome in ("failed", "rejected", "cancelled") else 0):
-            v["undone orders told once"].append(f"order {pk} ({kinds[pk].name}) {outcome}: {told} outcome email(s)")
+            v["undone orders told once"].append(
+                f"order {pk} ({kinds[pk].name}) {outcome}: {told} outcome email(s)\n{_mail_story(pk)}\n{_story(ev_t, pk)}")
 
     # Bookkeeping exactly once.
     finished = Counter({pk: n for pk, n in _rows(
