@@ -29,7 +29,7 @@ from django.db import OperationalError, connection
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import is_cancelled_exception
+from temporalio.exceptions import CancelledError, is_cancelled_exception
 
 from ops.services import (
     ActionNotAllowed,
@@ -82,6 +82,8 @@ class Gate:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
+        # Set when a cancel from Temporal reached the held step (raised in its thread).
+        self.cancel_reached = threading.Event()
 
 
 def _take(counter: dict, key) -> bool:
@@ -115,9 +117,13 @@ def _troubled(name: str, real):
         if gate is not None:
             gate.entered.set()
             local = activity.info().is_local
-            while not gate.release.wait(0.2):
-                if not local:
-                    activity.heartbeat()  # alive; a cancel from Temporal reaches us here
+            try:
+                while not gate.release.wait(0.2):
+                    if not local:
+                        activity.heartbeat()  # alive; a cancel from Temporal reaches us here
+            except CancelledError:
+                gate.cancel_reached.set()
+                raise
         fault = UNDO_FAULTS.get((inp.order_id, name))
         if fault is not None and (fault["mode"] == "fail" or _take(fault, "left")):
             # Through the activities' own recording, as a real warehouse error would go.
@@ -274,6 +280,10 @@ async def test_cancel_from_temporal_while_shipping_cancels_the_shipment_and_refu
     await wait_for(held.entered.is_set, message="shipping")
     await saga_env.handle(order).cancel()
     await cancel_seen_by_workflow(saga_env.handle(order))
+    # The cancel reaches the step with its next heartbeat's answer (throttled to 4 s). A step
+    # let go before that books the parcel and succeeds, and the saga then rightly finishes
+    # as completed ("cancelled after shipping; nothing rolled back"): not this case.
+    await wait_for(held.cancel_reached.is_set, timeout=15, message="the cancel reaching the shipping step")
     held.release.set()
     await ended_cancelled_in_temporal(saga_env, order)
     await assert_rolled_back(order, product)
