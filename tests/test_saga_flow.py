@@ -138,7 +138,7 @@ def _troubled(name: str, real):
 @activity.defn(name="notify_outcome")
 def _outcome_email_troubled(notice: OutcomeNotice) -> str:
     if _take(DATABASE_DOWN_IN_OUTCOME_EMAIL, notice.order_id):
-        return activities._outcome_told(notice, lambda **_: _not_accepting_connections(0))
+        return activities._email_sent(lambda: _not_accepting_connections(0))
     return activities.notify_outcome(notice)
 
 

@@ -335,24 +335,26 @@ def notify_customer(inp: StepInput) -> StepResult:
 def notify_outcome(notice: OutcomeNotice) -> str:
     """The customer hears that their order failed or was cancelled (orders.saga.order_saga,
     behind PATCH_OUTCOME_TOLD). A failed attempt is in the notification ledger."""
-    return _outcome_told(notice, notifications.customer_outcome_notify)
+    return _email_sent(lambda: notifications.customer_outcome_notify(
+        order_id=notice.order_id, outcome=notice.outcome, idempotency_key=notice.idempotency_key,
+        attempt=activity.info().attempt))
 
 
-def _outcome_told(notice: OutcomeNotice, tell: Callable[..., str]) -> str:
-    """Run `tell` (customer_outcome_notify); our own outage is reported as such, so the saga
-    runs the email again instead of counting it as the mailer's failure."""
+def _email_sent(send: Callable[[], str]) -> str:
+    """Run one email outside a step (an outcome, shipped or delivered email). The mailer's
+    refusal is an ApplicationError; our own outage is reported as such, so the workflow runs
+    the email again instead of counting it as the mailer's failure."""
     close_old_connections()
     try:
-        return tell(order_id=notice.order_id, outcome=notice.outcome, idempotency_key=notice.idempotency_key,
-                    attempt=activity.info().attempt)
+        return send()
     except OrderError as exc:
         raise ApplicationError(str(exc), type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN) from exc
     except Exception as exc:
         infrastructure = _infrastructure_error(exc)
         if infrastructure is None:
             raise
-        logger.warning("outcome_email_infrastructure_unavailable", order_id=notice.order_id,
-                       error=str(infrastructure), error_type=type(infrastructure).__name__)
+        logger.warning("email_infrastructure_unavailable", error=str(infrastructure),
+                       error_type=type(infrastructure).__name__)
         raise _infrastructure_unavailable(infrastructure) from exc
     finally:
         close_old_connections()
@@ -444,11 +446,5 @@ def delivery_followup_open(followup: DeliveryFollowUp) -> None:
 @_activity("notify_delivery", queue=ORDERS_QUEUE_ACTIVITIES)
 def notify_delivery(notice: DeliveryNotice) -> str:
     """The shipped or delivered email; a refusal is an ApplicationError the tracker retries (bounded)."""
-    close_old_connections()
-    try:
-        return delivery.customer_delivery_notify(order_id=notice.order_id, outcome=notice.outcome,
-                                                 attempt=activity.info().attempt)
-    except OrderError as exc:
-        raise ApplicationError(str(exc), type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN) from exc
-    finally:
-        close_old_connections()
+    return _email_sent(lambda: delivery.customer_delivery_notify(order_id=notice.order_id, outcome=notice.outcome,
+                                                                 attempt=activity.info().attempt))

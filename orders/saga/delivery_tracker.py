@@ -10,12 +10,14 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     # By their full names: `from . import` names the package, which the sandbox does not
     # pass through, so these modules ran again (activities and all) for every workflow run.
     import orders.saga.activities as activities
+    from ..errors import InfrastructureUnavailable
+    from .policies import LOST_ATTEMPT_MAX_PAUSE, LOST_ATTEMPT_RERUNS
     from .shared import (
         CarrierEventSignal,
         DeliveredSignal,
@@ -35,6 +37,10 @@ with workflow.unsafe.imports_passed_through():
 # Trackers started before it keep the old loop (ask the carrier, continue-as-new, end on
 # `delivered` only); the old branch may go once none of them runs any more.
 PATCH_TRACKER_ENDS = "tracker-ends"
+# A shipped or delivered email whose attempts were lost to our own outage or a dead worker
+# runs again instead of being dropped, as the saga's outcome email does (its fault-suite
+# finding). Asked only when an attempt was lost, so only such histories carry the marker.
+PATCH_EMAIL_RERUN = "delivery-email-rerun"
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 # The tracker's own writes: our database only, retried until it answers (it is not a customer's problem).
@@ -42,6 +48,16 @@ BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_i
 # An email: a few attempts, then the tracker records that it could not and goes on.
 EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                           maximum_attempts=5)
+
+def _lost(err: ActivityError) -> str | None:
+    """Why an email's last attempt was lost rather than refused: "worker" (it timed out),
+    "infrastructure" (our database or Redis), or None (the mailer's answer)."""
+    if isinstance(err.cause, TimeoutError):
+        return "worker"
+    if isinstance(err.cause, ApplicationError) and err.cause.type == InfrastructureUnavailable.__name__:
+        return "infrastructure"
+    return None
+
 
 # Carrier events that end the tracker, and what they end it as.
 _ENDING_EVENTS = {"delivered": DeliveryOutcome.DELIVERED, "returned": DeliveryOutcome.RETURNED}
@@ -246,10 +262,22 @@ class DeliveryTrackingWorkflow:
     async def _email(self, order_id: int, outcome: str) -> None:
         """Email the customer once (the key dedupes); a mail server that keeps failing is
         recorded on the timeline by the activity and does not hold up the tracking."""
-        try:
-            await workflow.execute_activity(
-                activities.notify_delivery, DeliveryNotice(order_id=order_id, outcome=outcome),
-                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=EMAIL_RETRY,
-            )
-        except ActivityError as err:
-            workflow.logger.warning("Delivery email %s for order %s not sent: %s", outcome, order_id, err.cause)
+        reruns = worker_losses = 0
+        while True:
+            try:
+                await workflow.execute_activity(
+                    activities.notify_delivery, DeliveryNotice(order_id=order_id, outcome=outcome),
+                    start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=EMAIL_RETRY,
+                )
+                return
+            except ActivityError as err:
+                lost = _lost(err)
+                # Our outage is waited out; lost workers a bounded number of times, as a step's.
+                if lost and (lost != "worker" or worker_losses < LOST_ATTEMPT_RERUNS) \
+                        and workflow.patched(PATCH_EMAIL_RERUN):
+                    reruns += 1
+                    worker_losses += lost == "worker"
+                    await workflow.sleep(min(EMAIL_RETRY.initial_interval * 2 ** (reruns - 1), LOST_ATTEMPT_MAX_PAUSE))
+                    continue
+                workflow.logger.warning("Delivery email %s for order %s not sent: %s", outcome, order_id, err.cause)
+                return

@@ -12,9 +12,15 @@ from django.db import close_old_connections
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from ..errors import NON_RETRYABLE_ERRORS, InfrastructureUnavailable, OrderError, ServiceCircuitOpen
+from ..errors import NON_RETRYABLE_ERRORS, OrderError, ServiceCircuitOpen
 from ..services import return_steps as returns
-from .activities import ORDERS_QUEUE_ACTIVITIES, PAYMENTS_QUEUE_ACTIVITIES, _activity, _infrastructure_error
+from .activities import (
+    ORDERS_QUEUE_ACTIVITIES,
+    PAYMENTS_QUEUE_ACTIVITIES,
+    _activity,
+    _infrastructure_error,
+    _infrastructure_unavailable,
+)
 from .shared import ReturnStepInput, ReturnTransition
 
 
@@ -34,10 +40,7 @@ def _recorded(inp: ReturnStepInput, body: Callable[[int], str], *, record_start:
                                    category=ApplicationErrorCategory.BENIGN) from exc
         infrastructure = _infrastructure_error(exc)
         if infrastructure is not None:
-            raise ApplicationError(
-                f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})",
-                type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,
-            ) from exc
+            raise _infrastructure_unavailable(infrastructure) from exc
         with contextlib.suppress(Exception):  # the failure matters more than its event
             returns.return_step_failed(return_id=inp.return_id, step=inp.step, step_key=step_key, attempt=attempt,
                                        error=str(exc))

@@ -47,6 +47,12 @@ with workflow.unsafe.imports_passed_through():
 # Workflow code, so not passed through (the sandbox imports it afresh, as it does this module).
 from .order_saga import STEP_ERRORS, _cause, _failure_message
 
+# The refund email's attempts lost to our own outage or a dead worker run again instead of
+# leaving the customer untold, as the refund's do (the order saga's outcome email was seen
+# losing all three to a 4 s database outage). Asked only when an attempt was lost, so only
+# such histories carry the marker.
+PATCH_NOTIFY_RERUN = "return-email-rerun"
+
 # Return.State values (the model is Django's; the workflow speaks its values).
 RECEIVED, REFUNDING, STUCK, REFUNDED, EXPIRED, ABANDONED = (
     "received", "refunding", "stuck", "refunded", "expired", "abandoned")
@@ -172,14 +178,25 @@ class ReturnSagaWorkflow:
     async def _notify(self) -> None:
         """After the money moved a failed email rolls nothing back: it is on the timeline."""
         self._set_status("running", ReturnStep.NOTIFY)
-        try:
-            await workflow.execute_activity(
-                acts.return_notify, ReturnStepInput(return_id=self._input.return_id, step=ReturnStep.NOTIFY.value),
-                start_to_close_timeout=RETURN_NOTIFY_POLICY.start_to_close,
-                retry_policy=return_step_retry_policy(RETURN_NOTIFY_POLICY, self._input.retry),
-            )
-        except STEP_ERRORS:
-            pass  # each failed attempt is already an event on the order's timeline
+        offset, reruns = 0, 0
+        while True:
+            try:
+                await workflow.execute_activity(
+                    acts.return_notify,
+                    ReturnStepInput(return_id=self._input.return_id, step=ReturnStep.NOTIFY.value,
+                                    attempt_offset=offset),
+                    start_to_close_timeout=RETURN_NOTIFY_POLICY.start_to_close,
+                    retry_policy=return_step_retry_policy(RETURN_NOTIFY_POLICY, self._input.retry),
+                )
+                return
+            except STEP_ERRORS as err:
+                # The same bound on reruns as the refund's (our outage of minutes is waited out).
+                if _waited_out(err) and reruns < 20 and workflow.patched(PATCH_NOTIFY_RERUN):
+                    offset += RETURN_NOTIFY_POLICY.max_attempts
+                    reruns += 1
+                    await workflow.sleep(lost_attempt_pause(StepName.NOTIFY, self._input.retry, reruns))
+                    continue
+                return  # the mailer's refusals are events on the order's timeline
 
     # --- signals ------------------------------------------------------------------------
 
