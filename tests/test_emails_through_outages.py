@@ -1,28 +1,40 @@
 """Customer emails outside a step survive our own database refusing connections through
-all of their activity's attempts: the workflow runs the email again (a return's refund email,
-the delivery tracker's shipped email; an undone order's outcome email is in
-tests/test_saga_flow.py), and the mailer's book holds each one once.
+all of their activity's attempts: the workflow runs the email again (an undone order's
+outcome email, a return's refund email, the delivery tracker's shipped email), and the
+mailer's book holds each one once.
 
 The fault suite's CI run found the gap: a 4 s database outage used up the three attempts
 (1 s and 2 s apart) of a failed order's outcome email, and its customer was never told.
+Each path's history replays, and is recorded with RECORD_HISTORIES (tests/test_replay.py).
 """
 
 import asyncio
+import os
 import threading
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError
 from temporalio import activity
+from temporalio.worker import Replayer
 
-from orders.models import Order, SagaEvent
+from orders.models import NotificationAttempt, Order, SagaEvent
 from orders.saga import activities, return_activities
-from orders.saga.shared import DeliveryNotice, ReturnStepInput
+from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
+from orders.saga.shared import (
+    DeliveredSignal,
+    DeliveryNotice,
+    OutcomeNotice,
+    ReturnStepInput,
+    delivery_workflow_id,
+)
+from orders.saga.worker import WORKFLOWS, workflow_runner
 from orders.services.returns import refund_open
 from orders.services.saga import saga_input_for
 from sandbox.models import SandboxEmail
 
-from .conftest import wait_for
+from .conftest import order_state, wait_for
 from .factories import make_order
 
 # (activity name, return or order id) -> attempts still to meet the outage.
@@ -42,6 +54,13 @@ def _refusing(*_args) -> str:
     raise OperationalError("connection failed: FATAL: the database system is not accepting connections")
 
 
+@activity.defn(name="notify_outcome")
+def _notify_outcome(notice: OutcomeNotice) -> str:
+    if _outage_met("notify_outcome", notice.order_id):
+        return activities._email_sent(_refusing)  # through its own error handling
+    return activities.notify_outcome(notice)
+
+
 @activity.defn(name="return_notify")
 def _return_notify(inp: ReturnStepInput) -> str:
     if _outage_met("return_notify", inp.return_id):
@@ -57,7 +76,8 @@ def _notify_delivery(notice: DeliveryNotice) -> str:
 
 
 pytestmark = [pytest.mark.django_db(transaction=True),
-              pytest.mark.activity_overrides(return_notify=_return_notify, notify_delivery=_notify_delivery)]
+              pytest.mark.activity_overrides(notify_outcome=_notify_outcome, return_notify=_return_notify,
+                                             notify_delivery=_notify_delivery)]
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +88,31 @@ def _clear_outages():
 
 def sent(message_id: str) -> list[str]:
     return list(SandboxEmail.objects.filter(message_id=message_id).values_list("subject", flat=True))
+
+
+async def replays(handle, name: str) -> None:
+    """The workflow's history, rerun included, replays on the current code; recorded as
+    `<name>-<workflow id>.json` when RECORD_HISTORIES names a directory."""
+    history = await handle.fetch_history()
+    await Replayer(workflows=WORKFLOWS, workflow_runner=workflow_runner()).replay_workflow(history)
+    if record_to := os.environ.get("RECORD_HISTORIES"):
+        Path(record_to).mkdir(parents=True, exist_ok=True)
+        (Path(record_to) / f"{name}-{handle.id}.json").write_text(history.to_json())
+
+
+async def test_an_outcome_email_through_an_outage_tells_the_customer_once(saga_env):
+    order = await sync_to_async(make_order)(fault_plan={"shipping": "fail"}, start_saga=False)
+    DATABASE_DOWN[("notify_outcome", order.pk)] = 4  # the three attempts of the first run, and one more
+    await saga_env.client.start_workflow("OrderSaga", saga_input_for(order), id=order.workflow_id,
+                                         task_queue=saga_env.orders_queue)
+    assert await saga_env.result(order) == "compensated"
+    assert (await sync_to_async(order_state)(order.pk)).status == "failed"
+    assert DATABASE_DOWN[("notify_outcome", order.pk)] == 0  # the outage really was met, four times
+    assert await sync_to_async(sent)(f"{order.workflow_id}:notify:failed") == [
+        f"We couldn't complete your order {order.number}"]
+    # Our outage is not the mailer's failure: no failed attempt in the ledger.
+    assert not await sync_to_async(NotificationAttempt.objects.filter(order=order, succeeded=False).exists)()
+    await replays(saga_env.handle(order), "outcome_email_rerun")
 
 
 async def test_a_refund_email_through_an_outage_is_sent_once(saga_env, operator_user):
@@ -85,6 +130,7 @@ async def test_a_refund_email_through_an_outage_is_sent_once(saga_env, operator_
         f"Your refund for order {order.number}"]
     # Our outage is not the mailer's failure: no failed email on the order's timeline.
     assert not await sync_to_async(SagaEvent.objects.filter(order=order, step="return_notify", kind="failed").exists)()
+    await replays(saga_env.client.get_workflow_handle(ret.workflow_id), "return_email_rerun")
 
 
 async def test_a_shipped_email_through_an_outage_is_sent_once(saga_env):
@@ -97,3 +143,7 @@ async def test_a_shipped_email_through_an_outage_is_sent_once(saga_env):
     await wait_for(lambda: sent(shipped), timeout=60, message="the shipped email")
     assert DATABASE_DOWN[("notify_delivery", order.pk)] == 0
     assert await sync_to_async(sent)(shipped) == [f"Your order {order.number} has shipped"]
+    tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(order.workflow_id))
+    await tracker.signal(DeliveryTrackingWorkflow.delivered, DeliveredSignal(source="staff"))
+    assert await asyncio.wait_for(tracker.result(), 60) == "delivered"
+    await replays(tracker, "tracker_email_rerun")

@@ -11,6 +11,8 @@ a failed delivery then delivered, staff reporting the parcel lost, and an overdu
 that gives up.
 v4 also holds the order saga emailing failed and cancelled customers
 (customer-told-of-outcome) and the return saga's paths (recorded by tests/test_returns.py).
+v5 records the emails outside a step run again after our own outage (outcome-email-rerun,
+return-email-rerun, delivery-email-rerun; recorded by tests/test_emails_through_outages.py).
 """
 
 import asyncio
@@ -58,7 +60,8 @@ def test_histories_were_recorded_for_every_path():
             "temporal_cancelled", "compensation_stuck_retry", "tracker_delivered_signal",
             "tracker_webhook_delivered", "tracker_failed_then_delivered", "tracker_lost_refund",
             "tracker_overdue_given_up",
-            "return_refunded", "return_expired", "return_stuck_retry"} <= names
+            "return_refunded", "return_expired", "return_stuck_retry",
+            "outcome_email_rerun", "return_email_rerun", "tracker_email_rerun"} <= names
 
 
 @pytest.mark.django_db(transaction=True)

@@ -52,12 +52,12 @@ from orders.models import (
 )
 from orders.saga import activities
 from orders.saga import search_attributes as sa
-from orders.saga.shared import OutcomeNotice, StepInput, StepResult
+from orders.saga.shared import StepInput, StepResult
 from orders.services.saga import saga_input_for
 from orders.status import OrderStatus, SagaStatus
 
 from sandbox.adapters import sandbox_outage_set
-from sandbox.models import SandboxEmail, SandboxPaymentRecord
+from sandbox.models import SandboxPaymentRecord
 
 from .conftest import order_state, wait_for
 from .emails import confirmations
@@ -73,8 +73,6 @@ UNDO_FAULTS: dict[tuple[int, str], dict] = {}
 LOSE_CHARGE: dict[int, int] = {}
 # order id -> notify attempts still to fail on our own database.
 DATABASE_DOWN_IN_NOTIFY: dict[int, int] = {}
-# order id -> outcome-email attempts still to fail on our own database.
-DATABASE_DOWN_IN_OUTCOME_EMAIL: dict[int, int] = {}
 _lock = threading.Lock()
 
 
@@ -135,20 +133,13 @@ def _troubled(name: str, real):
     return activity.defn(name=name)(run)
 
 
-@activity.defn(name="notify_outcome")
-def _outcome_email_troubled(notice: OutcomeNotice) -> str:
-    if _take(DATABASE_DOWN_IN_OUTCOME_EMAIL, notice.order_id):
-        return activities._email_sent(lambda: _not_accepting_connections(0))
-    return activities.notify_outcome(notice)
-
-
 _REGISTERED = {**activities.ORDERS_QUEUE_ACTIVITIES, **activities.PAYMENTS_QUEUE_ACTIVITIES}
 OVERRIDES = {
     name: _troubled(name, _REGISTERED[name]) for name in (
         "validate_order", "reserve_inventory", "charge_payment", "confirm_inventory", "arrange_shipping",
         "notify_customer", "release_reservation", "restock_inventory",
     )
-} | {"notify_outcome": _outcome_email_troubled}
+}
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.activity_overrides(**OVERRIDES)]
 
@@ -156,7 +147,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.activity_over
 @pytest.fixture(autouse=True)
 def _clear_trouble():
     yield
-    for table in (GATES, UNDO_FAULTS, LOSE_CHARGE, DATABASE_DOWN_IN_NOTIFY, DATABASE_DOWN_IN_OUTCOME_EMAIL):
+    for table in (GATES, UNDO_FAULTS, LOSE_CHARGE, DATABASE_DOWN_IN_NOTIFY):
         table.clear()
 
 
@@ -452,24 +443,6 @@ async def test_a_database_outage_while_notifying_opens_no_follow_up(saga_env):
     state = await sync_to_async(order_state)(order.pk)
     assert "database" not in (state.last_error or "")
     assert len(confirmations()) == 1
-
-
-async def test_a_database_outage_while_telling_a_failed_order_still_tells_the_customer_once(saga_env):
-    # The fault suite's finding: a 4 s outage used up the outcome email's three attempts
-    # (1 s and 2 s apart) and the customer of an undone order was never told.
-    order, product = await create(fault_plan={"shipping": "fail"})
-    DATABASE_DOWN_IN_OUTCOME_EMAIL[order.pk] = 4  # all three attempts of the first run, and one more
-    await start(saga_env, order)
-    assert await saga_env.result(order) == "compensated"
-    await assert_rolled_back(order, product, status=OrderStatus.FAILED)
-    assert DATABASE_DOWN_IN_OUTCOME_EMAIL[order.pk] == 0  # the outage really was met, four times
-    told = await sync_to_async(lambda: list(SandboxEmail.objects.filter(
-        message_id=f"{order.workflow_id}:notify:failed").values_list("subject", flat=True)))()
-    assert told == [f"We couldn't complete your order {order.number}"], told
-    assert await sync_to_async(NotificationAttempt.objects.filter(order=order, succeeded=True).count)() == 1
-    # Our outage is not the mailer's failure: no failed attempt in the ledger, no event.
-    assert not await sync_to_async(NotificationAttempt.objects.filter(order=order, succeeded=False).exists)()
-    assert await sync_to_async(lambda: kinds(order, "retrying", "stuck", "followup"))() == []
 
 
 # --- case 8: keys carry a random per-order part ---------------------------------------------
