@@ -49,6 +49,7 @@ BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_i
 EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                           maximum_attempts=5)
 
+
 def _lost(err: ActivityError) -> str | None:
     """Why an email's last attempt was lost rather than refused: "worker" (it timed out),
     "infrastructure" (our database or Redis), or None (the mailer's answer)."""
