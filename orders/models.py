@@ -308,7 +308,8 @@ class EmailHandoff(models.Model):
 
 class FollowUp(models.Model):
     """Something staff must do for an order: a customer we could not notify (reach them
-    another way or resend), or a delivery gone wrong (kind)."""
+    another way or resend), one we could not tell that their order failed or was cancelled,
+    or a delivery gone wrong (kind)."""
 
     class State(models.TextChoices):
         OPEN = "open"
@@ -322,6 +323,9 @@ class FollowUp(models.Model):
         # Staff reported the parcel lost: what is owed to the customer now.
         REFUND_DUE = "refund_due", "lost parcel: refund due"
         RESHIP_DUE = "reship_due", "lost parcel: re-ship due"
+        # The mailer refused to tell an undone order's customer how it ended (failed,
+        # cancelled): the saga has ended, staff reach the customer another way.
+        OUTCOME_UNTOLD = "outcome_untold", "customer not told the order ended"
 
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="followups")
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.NOTIFY)

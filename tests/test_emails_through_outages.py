@@ -9,15 +9,12 @@ Each path's history replays, and is recorded with RECORD_HISTORIES (tests/test_r
 """
 
 import asyncio
-import os
 import threading
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError
 from temporalio import activity
-from temporalio.worker import Replayer
 
 from orders.models import NotificationAttempt, Order, SagaEvent
 from orders.saga import activities, return_activities
@@ -29,13 +26,13 @@ from orders.saga.shared import (
     ReturnStepInput,
     delivery_workflow_id,
 )
-from orders.saga.worker import WORKFLOWS, workflow_runner
 from orders.services.returns import refund_open
 from orders.services.saga import saga_input_for
 from sandbox.models import SandboxEmail
 
 from .conftest import order_state, wait_for
 from .factories import make_order
+from .replaying import replays
 
 # (activity name, return or order id) -> attempts still to meet the outage.
 DATABASE_DOWN: dict[tuple[str, int], int] = {}
@@ -88,16 +85,6 @@ def _clear_outages():
 
 def sent(message_id: str) -> list[str]:
     return list(SandboxEmail.objects.filter(message_id=message_id).values_list("subject", flat=True))
-
-
-async def replays(handle, name: str) -> None:
-    """The workflow's history, rerun included, replays on the current code; recorded as
-    `<name>-<workflow id>.json` when RECORD_HISTORIES names a directory."""
-    history = await handle.fetch_history()
-    await Replayer(workflows=WORKFLOWS, workflow_runner=workflow_runner()).replay_workflow(history)
-    if record_to := os.environ.get("RECORD_HISTORIES"):
-        Path(record_to).mkdir(parents=True, exist_ok=True)
-        (Path(record_to) / f"{name}-{handle.id}.json").write_text(history.to_json())
 
 
 async def test_an_outcome_email_through_an_outage_tells_the_customer_once(saga_env):

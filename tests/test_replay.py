@@ -12,7 +12,9 @@ that gives up.
 v4 also holds the order saga emailing failed and cancelled customers
 (customer-told-of-outcome) and the return saga's paths (recorded by tests/test_returns.py).
 v5 records the emails outside a step run again after our own outage (outcome-email-rerun,
-return-email-rerun, delivery-email-rerun; recorded by tests/test_emails_through_outages.py).
+return-email-rerun, delivery-email-rerun; recorded by tests/test_emails_through_outages.py)
+and an outcome email refused for good putting the order on the follow-up queue
+(outcome-untold-followup; tests/test_outcome_emails.py).
 """
 
 import asyncio
@@ -61,7 +63,7 @@ def test_histories_were_recorded_for_every_path():
             "tracker_webhook_delivered", "tracker_failed_then_delivered", "tracker_lost_refund",
             "tracker_overdue_given_up",
             "return_refunded", "return_expired", "return_stuck_retry",
-            "outcome_email_rerun", "return_email_rerun", "tracker_email_rerun"} <= names
+            "outcome_email_rerun", "return_email_rerun", "tracker_email_rerun", "outcome_untold_followup"} <= names
 
 
 @pytest.mark.django_db(transaction=True)

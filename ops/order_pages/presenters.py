@@ -50,7 +50,7 @@ ACTION_COPY = {
     "resend": ("Resend notification", "tries to notify the customer again",
                "Resend the notification for {number} to {email}?"),
     "resolved": ("Mark follow-up resolved", "closes the follow-up: staff reached the customer another way",
-                 "Mark the follow-up of {number} as resolved? The saga finishes without notifying again."),
+                 "Mark the follow-up of {number} as resolved? Nothing more is sent to the customer."),
     "retry_compensation": ("Retry compensation", "runs the compensations that could not complete again",
                            "Retry the stuck compensation of {number}? The saga runs the undo that failed again."),
     # A shipped order's delivery (its tracker, not the saga).
@@ -185,7 +185,7 @@ SUCCESS_MESSAGES = {
     "cancel": ("Cancellation sent to the saga of {number}: it stops and undoes what it did; "
                "what was undone shows under the timeline when it ends."),
     "resend": "Resend sent to the saga of {number}: the customer is being notified again.",
-    "resolved": "Follow-up of {number} marked resolved: the saga finishes.",
+    "resolved": "Follow-up of {number} marked resolved: nothing more is sent to the customer.",
     "retry_compensation": "Retry sent to the saga of {number}: the compensation that failed runs again.",
     "mark_delivered": "Delivery of {number} sent to its tracker: the order is marked delivered.",
     "lost_refund": "Loss of {number}'s parcel sent to its tracker: the customer's refund starts.",

@@ -391,6 +391,17 @@ def open_followup(transition: SagaTransition) -> None:
         close_old_connections()
 
 
+@_activity("open_outcome_followup", queue=ORDERS_QUEUE_ACTIVITIES)
+def open_outcome_followup(transition: SagaTransition) -> None:
+    """An undone order's customer could not be told how it ended: staff are (the saga goes on)."""
+    close_old_connections()
+    try:
+        notifications.outcome_followup_open(order_id=transition.order_id, reason=transition.detail,
+                                            key=transition.key or _fallback_key())
+    finally:
+        close_old_connections()
+
+
 @_activity("close_followup", queue=ORDERS_QUEUE_ACTIVITIES)
 def close_followup(transition: SagaTransition) -> None:
     close_old_connections()

@@ -93,6 +93,10 @@ PATCH_OUTCOME_TOLD = "customer-told-of-outcome"
 # 4 s database outage use up all three attempts (1 s and 2 s apart). Asked only when an
 # attempt was lost, so only such histories carry the marker.
 PATCH_OUTCOME_RERUN = "outcome-email-rerun"
+# An outcome email the mailer refused for good puts the order on the follow-up queue (kind
+# outcome_untold) before the saga ends as it would; before, only the notification ledger
+# showed it. Asked only when the email failed, so only such histories carry the marker.
+PATCH_OUTCOME_FOLLOWUP = "outcome-untold-followup"
 OUTCOME_EMAILS = {SagaState.COMPENSATED: "failed", SagaState.REJECTED: "failed", SagaState.CANCELLED: "cancelled"}
 
 FORWARD_STEPS = [StepName.VALIDATE, StepName.RESERVE, StepName.CHARGE, StepName.CONFIRM, StepName.SHIP]
@@ -550,7 +554,8 @@ class OrderSagaWorkflow:
 
     async def _tell_outcome(self, outcome: SagaState) -> None:
         """Email the customer how the order ended. Nothing rolls back on a failure: the
-        failed attempts are in the notification ledger for staff."""
+        failed attempts are in the notification ledger, and the order goes on the follow-up
+        queue for staff to reach the customer another way."""
         notice = OutcomeNotice(order_id=self._input.order_id, outcome=OUTCOME_EMAILS[outcome],
                                idempotency_key=self._key(StepName.NOTIFY))
         reruns = worker_losses = 0
@@ -572,8 +577,13 @@ class OrderSagaWorkflow:
                     await workflow.sleep(_circuit_wait(err)
                                          or lost_attempt_pause(StepName.NOTIFY, self._input.retry, reruns))
                     continue
-                workflow.logger.warning("could not tell the customer of order %s: %s", self._input.order_id,
-                                        _failure_message(err))
+                message = _failure_message(err)
+                workflow.logger.warning("could not tell the customer of order %s: %s", self._input.order_id, message)
+                if workflow.patched(PATCH_OUTCOME_FOLLOWUP):
+                    ended = "was cancelled" if outcome == SagaState.CANCELLED else "did not go through"
+                    await self._followup_activity(
+                        activities.open_outcome_followup,
+                        f"Could not tell the customer that their order {ended}: {message}")
                 return
 
     async def _run_compensations(self, steps: list[StepName], *, bounded: bool) -> list[tuple[StepName, str]]:

@@ -213,7 +213,7 @@ def _advance(track: StepTrack, event: TimelineEvent) -> None:
     elif kind == Kind.FOLLOWUP:
         track.state = "followup"
         track.last_error = event.detail
-    elif kind == Kind.SIGNAL and event.detail.startswith("resolved") and track.state == "followup":
+    elif kind == Kind.SIGNAL and event.detail.startswith(("resolved", "Follow-up resolved")) and track.state == "followup":
         track.state = "resolved"
 
 

@@ -105,8 +105,9 @@ def operator_action_send(*, order_id: int, action: str, actor, reason: str = "")
         audit = OperatorAction.objects.create(order=order, action=action, actor=actor, reason=reason.strip()[:2000])
         if action == Action.RESOLVED and not order.followups.filter(
                 state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).exists():
-            # Only follow-ups of the delivery (overdue, failed, a lost parcel's) are open:
-            # no workflow waits on them, so staff settle them here.
+            # Only follow-ups of the delivery (overdue, failed, a lost parcel's) or of an
+            # ended saga's untold outcome are open: no workflow waits on them, so staff
+            # settle them here.
             _followups_resolve_here(order, audit)
             return audit
     target = delivery_workflow_id(order.workflow_id) if action in DELIVERY_ACTIONS else order.workflow_id
@@ -124,7 +125,9 @@ def _followups_resolve_here(order: Order, audit: OperatorAction) -> None:
     detail = f"Follow-up resolved by staff ({', '.join(FollowUp.Kind(k).label for k in kinds)})"
     audit.outcome, audit.outcome_detail = Outcome.APPLIED, detail
     audit.save(update_fields=["outcome", "outcome_detail", "updated_at"])
-    saga_event_record(order, kind=SagaEvent.Kind.SIGNAL, step="ship", detail=detail, operator_action_id=audit.pk,
+    # On the track the follow-up came from: the customer's email, or the parcel.
+    step = "notify" if set(kinds) == {FollowUp.Kind.OUTCOME_UNTOLD} else "ship"
+    saga_event_record(order, kind=SagaEvent.Kind.SIGNAL, step=step, detail=detail, operator_action_id=audit.pk,
                       key=f"action-{audit.pk}")
 
 

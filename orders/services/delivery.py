@@ -5,7 +5,7 @@ Each write is once per key (the tracker derives them from its workflow id), so a
 activity re-run after a crash changes nothing; broadcasts go out after commit.
 """
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from ..locks import lock_order
@@ -14,7 +14,7 @@ from ..saga.shared import DeliveryOutcome
 from ..status import OrderStatus
 from .commands import operator_action_outcome_record
 from .events import saga_event_record
-from .notifications import customer_message_send, notification_key
+from .notifications import customer_message_send, followup_create, notification_key
 from .returns import ReturnNotAllowed, refund_open
 from .shipping import shipment_is_delivered
 
@@ -84,7 +84,7 @@ def delivery_tracking_end(*, order_id: int, outcome: str, source: str, key: str,
             detail = _lost_parcel_refund(order, action_id=action_id) or detail
         elif outcome in _LOST_FOLLOWUP:
             kind, reason = _LOST_FOLLOWUP[outcome]
-            _followup_create(order, kind=kind, reason=reason)
+            followup_create(order, kind=kind, reason=reason)
         recorded_action = None
         if action_id is not None and operator_action_outcome_record(
             action_id=action_id, order_id=order.pk, outcome="applied", detail=detail,
@@ -113,18 +113,9 @@ def _lost_parcel_refund(order: Order, *, action_id: int | None) -> str | None:
                              reason="Parcel reported lost by staff: the customer is refunded")
     except ReturnNotAllowed as refused:
         kind, reason = _LOST_FOLLOWUP[DeliveryOutcome.LOST_REFUND]
-        _followup_create(order, kind=kind, reason=f"{reason} The automatic refund was refused: {refused}")
+        followup_create(order, kind=kind, reason=f"{reason} The automatic refund was refused: {refused}")
         return None
     return f"Reported lost by staff; refund #{refund.pk} of {owed} {order.currency} started"
-
-
-def _followup_create(order: Order, *, kind: str, reason: str) -> FollowUp:
-    """One open follow-up per order and kind: an open one of the kind is kept as it is."""
-    try:
-        with transaction.atomic():
-            return FollowUp.objects.create(order=order, kind=kind, reason=reason[:2000])
-    except IntegrityError:
-        return FollowUp.objects.get(order=order, kind=kind, state=FollowUp.State.OPEN)
 
 
 def delivery_followup_open(*, order_id: int, kind: str, reason: str, key: str) -> FollowUp:
@@ -134,7 +125,7 @@ def delivery_followup_open(*, order_id: int, kind: str, reason: str, key: str) -
         raise ValueError(f"{kind!r} is not a delivery follow-up")
     with transaction.atomic():
         order = lock_order(order_id)
-        followup = _followup_create(order, kind=kind, reason=reason)
+        followup = followup_create(order, kind=kind, reason=reason)
         saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="ship", detail=reason, key=key)
     return followup
 

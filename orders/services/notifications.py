@@ -165,6 +165,32 @@ def followup_open(*, order_id: int, reason: str, key: str = "") -> FollowUp | No
     return followup
 
 
+def followup_create(order: Order, *, kind: str, reason: str) -> FollowUp:
+    """One open follow-up per order and kind: an open one of the kind is kept as it is."""
+    try:
+        with transaction.atomic():
+            return FollowUp.objects.create(order=order, kind=kind, reason=reason[:2000])
+    except IntegrityError:
+        return FollowUp.objects.get(order=order, kind=kind, state=FollowUp.State.OPEN)
+
+
+def outcome_followup_open(*, order_id: int, reason: str, key: str) -> FollowUp | None:
+    """The mailer refused to tell an undone order's customer how it ended: put it on the
+    follow-up queue for staff to reach them another way. The saga ends as it would (failed,
+    cancelled) and waits for nobody: staff resolve it on the queue (commands' resolve-here).
+    Once per `key` (the saga's bookkeeping key): a replay after staff resolved it opens
+    nothing. Its event is on the notify track and leaves the saga's state alone.
+    Locks: the order row.
+    """
+    with transaction.atomic():
+        order = lock_order(order_id)
+        if SagaEvent.objects.filter(idempotency_key=key).exists():
+            return None
+        followup = followup_create(order, kind=FollowUp.Kind.OUTCOME_UNTOLD, reason=reason)
+        saga_event_record(order, kind=SagaEvent.Kind.FOLLOWUP, step="notify", detail=reason, key=key)
+    return followup
+
+
 def followup_close(*, order_id: int, resolution: str) -> None:
     """Close the order's open notify follow-up: 'resolved' by staff or 'resent' successfully."""
     FollowUp.objects.filter(order_id=order_id, state=FollowUp.State.OPEN, kind=FollowUp.Kind.NOTIFY).update(

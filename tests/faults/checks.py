@@ -221,6 +221,8 @@ def run_checks(run: FaultRun) -> None:
             if n > 1:
                 v["no email sent twice"].append(f"{to} got {subject!r} {n} times ({source})")
     authoritative = "mailer book" if mail_book is not None else "file backend"
+    untold_followups = {pk for (pk,) in _rows(
+        f"SELECT order_id FROM {_table('orders', 'FollowUp')} WHERE kind = 'outcome_untold'")}
     for pk, (status, saga, wid, total, email_, number) in orders.items():
         outcome = run.outcomes.get(pk)
         n = sent_to[authoritative][email_]
@@ -229,7 +231,13 @@ def run_checks(run: FaultRun) -> None:
         if outcome in ("failed", "rejected", "cancelled", "followup") and n:
             v["completed orders emailed once"].append(f"order {pk} {outcome} but {n} confirmation(s) sent")
         told = told_undone[authoritative][email_]
-        if told != (1 if outcome in ("failed", "rejected", "cancelled") else 0):
+        # A customer the mailer refuses (a notify "fail" plan) cannot be emailed: then staff
+        # must have the order on their follow-up queue, to reach them another way.
+        untold_on_queue = told == 0 and pk in untold_followups
+        if pk in untold_followups and kinds[pk].plan.get("notify") != "fail":
+            v["undone orders told once"].append(
+                f"order {pk} ({kinds[pk].name}) {outcome}: on the queue as untold, yet the mailer takes its mail")
+        if told != (1 if outcome in ("failed", "rejected", "cancelled") and not untold_on_queue else 0):
             v["undone orders told once"].append(
                 f"order {pk} ({kinds[pk].name}) {outcome}: {told} outcome email(s)\n{_mail_story(pk)}\n{_story(ev_t, pk)}")
 
