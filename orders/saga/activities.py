@@ -82,7 +82,7 @@ def _infrastructure_error(exc: BaseException) -> BaseException | None:
 
 
 def _infrastructure_unavailable(infrastructure: BaseException) -> ApplicationError:
-    """What the saga reads as a lost attempt (order_saga._lost_attempt), not a failed one."""
+    """What the saga reads as a lost attempt (attempts.lost_attempt), not a failed one."""
     return ApplicationError(
         f"Our own infrastructure was unavailable ({type(infrastructure).__name__}: {infrastructure})".strip(),
         type=InfrastructureUnavailable.__name__, category=ApplicationErrorCategory.BENIGN,

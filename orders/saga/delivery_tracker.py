@@ -10,13 +10,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     # By their full names: `from . import` names the package, which the sandbox does not
     # pass through, so these modules ran again (activities and all) for every workflow run.
     import orders.saga.activities as activities
-    from ..errors import InfrastructureUnavailable
+    from .attempts import lost_attempt
     from .policies import LOST_ATTEMPT_MAX_PAUSE, LOST_ATTEMPT_RERUNS
     from .shared import (
         CarrierEventSignal,
@@ -48,16 +48,6 @@ BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_i
 # An email: a few attempts, then the tracker records that it could not and goes on.
 EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                           maximum_attempts=5)
-
-
-def _lost(err: ActivityError) -> str | None:
-    """Why an email's last attempt was lost rather than refused: "worker" (it timed out),
-    "infrastructure" (our database or Redis), or None (the mailer's answer)."""
-    if isinstance(err.cause, TimeoutError):
-        return "worker"
-    if isinstance(err.cause, ApplicationError) and err.cause.type == InfrastructureUnavailable.__name__:
-        return "infrastructure"
-    return None
 
 
 # Carrier events that end the tracker, and what they end it as.
@@ -272,7 +262,7 @@ class DeliveryTrackingWorkflow:
                 )
                 return
             except ActivityError as err:
-                lost = _lost(err)
+                lost = lost_attempt(err)
                 # Our outage is waited out; lost workers a bounded number of times, as a step's.
                 if lost and (lost != "worker" or worker_losses < LOST_ATTEMPT_RERUNS) \
                         and workflow.patched(PATCH_EMAIL_RERUN):

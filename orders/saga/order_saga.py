@@ -15,17 +15,18 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, is_cancelled_exception
 
 # Workflow code, so not passed through: the sandbox imports it afresh, as it does this module.
 from .delivery_tracker import DeliveryTrackingWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from ..errors import NON_RETRYABLE_ERRORS, NOT_COUNTED_TOWARD_STUCK, InfrastructureUnavailable
+    from ..errors import NON_RETRYABLE_ERRORS
     # By their full names: `from . import` names the package, which the sandbox does not
     # pass through, so these modules ran again (activities and all) for every workflow run.
     import orders.saga.activities as activities
     import orders.saga.search_attributes as sa
+    from .attempts import error_cause, lost_attempt
     from .policies import (
         BOOKKEEPING_TIMEOUT,
         COMPENSATION_TIMEOUT,
@@ -139,35 +140,16 @@ class StepFailed(Exception):
 STEP_ERRORS = (ActivityError, ApplicationError, TimeoutError)
 
 
-def _cause(err: Exception) -> BaseException:
-    return (err.cause or err) if isinstance(err, ActivityError) else err
-
-
 def _failure_message(err: Exception) -> str:
-    cause = _cause(err)
+    cause = error_cause(err)
     if isinstance(cause, ApplicationError):
         return cause.message
     return str(cause)
 
 
 def _is_non_retryable(err: Exception) -> bool:
-    cause = _cause(err)
+    cause = error_cause(err)
     return isinstance(cause, ApplicationError) and (cause.non_retryable or cause.type in NON_RETRYABLE_ERRORS)
-
-
-def _lost_attempt(err: Exception) -> str | None:
-    """Why the step's last attempt was lost rather than failed: "worker" (it timed out: the
-    worker died or hung), "infrastructure" (our database or Redis), "circuit" (the service's
-    circuit breaker is open: the saga waits for its probe), or None (a real failure)."""
-    cause = _cause(err)
-    if isinstance(cause, TimeoutError) and cause.type in (TimeoutType.HEARTBEAT, TimeoutType.START_TO_CLOSE):
-        return "worker"
-    if isinstance(cause, ApplicationError):
-        if cause.type == InfrastructureUnavailable.__name__:
-            return "infrastructure"
-        if cause.type in NOT_COUNTED_TOWARD_STUCK:
-            return "circuit"
-    return None
 
 
 def _rerun_allowed(lost: str | None, reruns: int, worker_losses: int) -> bool:
@@ -187,7 +169,7 @@ def _rerun_allowed(lost: str | None, reruns: int, worker_losses: int) -> bool:
 
 def _circuit_wait(err: Exception) -> timedelta | None:
     """The seconds until an open circuit's probe, as the activity reported them."""
-    cause = _cause(err)
+    cause = error_cause(err)
     details = getattr(cause, "details", None) or ()
     if details and isinstance(details[0], (int, float)):
         return timedelta(seconds=max(float(details[0]), 0.2))
@@ -348,7 +330,7 @@ class OrderSagaWorkflow:
                 if _is_non_retryable(err):
                     outcome = SagaState.REJECTED if step == StepName.VALIDATE else SagaState.COMPENSATED
                     raise StepFailed(step, message, outcome, effect_uncertain=step == StepName.SHIP)
-                lost = _lost_attempt(err)
+                lost = lost_attempt(err)
                 if _rerun_allowed(lost, reruns, worker_losses) and workflow.patched(PATCH_LOST_ATTEMPTS):
                     reruns += 1
                     worker_losses += lost == "worker"
@@ -505,7 +487,7 @@ class OrderSagaWorkflow:
                     continue
                 if isinstance(err, asyncio.CancelledError):
                     raise  # v2's cancellation path
-                lost = _lost_attempt(err)
+                lost = lost_attempt(err)
                 if _rerun_allowed(lost, reruns, worker_losses) and workflow.patched(PATCH_LOST_ATTEMPTS):
                     # No mail was attempted, or the worker died: not the customer's address.
                     reruns += 1
@@ -568,7 +550,7 @@ class OrderSagaWorkflow:
                 )
                 return
             except STEP_ERRORS as err:
-                lost = _lost_attempt(err)
+                lost = lost_attempt(err)
                 if _rerun_allowed(lost, reruns, worker_losses) and workflow.patched(PATCH_OUTCOME_RERUN):
                     # The same key: the mailer sends the message once, whichever run gets it.
                     # No event: the order's timeline ends as it did (the ledger shows the email).
@@ -611,7 +593,7 @@ class OrderSagaWorkflow:
                         raise
                     # A lost worker, our own outage or an open circuit is not the compensation
                     # failing: waited out (as for steps) instead of ending compensation_stuck.
-                    lost = _lost_attempt(err)
+                    lost = lost_attempt(err)
                     if _rerun_allowed(lost, reruns, worker_losses):
                         reruns += 1
                         worker_losses += lost == "worker"

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     # through, and the activities would be defined (and registered) a second time.
     import orders.saga.return_activities as acts
     import orders.saga.search_attributes as sa
+    from .attempts import error_cause
     from .policies import (
         BOOKKEEPING_TIMEOUT,
         RETURN_NOTIFY_POLICY,
@@ -45,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 # Workflow code, so not passed through (the sandbox imports it afresh, as it does this module).
-from .order_saga import STEP_ERRORS, _cause, _failure_message
+from .order_saga import STEP_ERRORS, _failure_message
 
 # The refund email's attempts lost to our own outage or a dead worker run again instead of
 # leaving the customer untold, as the refund's do (the order saga's outcome email was seen
@@ -61,7 +62,7 @@ RECEIVED, REFUNDING, STUCK, REFUNDED, EXPIRED, ABANDONED = (
 def _waited_out(err: Exception) -> bool:
     """Not the refund's failure: our own outage, the gateway's open circuit, a lost worker.
     The saga pauses and runs the refund again instead of calling it stuck."""
-    cause = _cause(err)
+    cause = error_cause(err)
     if isinstance(cause, TimeoutError):
         return True
     return isinstance(cause, ApplicationError) and (
@@ -130,73 +131,68 @@ class ReturnSagaWorkflow:
     async def _refund(self) -> bool:
         """Refund; while it cannot, wait for an operator. False when they gave it up."""
         self._set_status("running", ReturnStep.REFUND)
-        offset, reruns = 0, 0
+        offset = 0
         while True:
-            try:
-                await workflow.execute_activity(
-                    acts.return_refund,
-                    ReturnStepInput(return_id=self._input.return_id, step=ReturnStep.REFUND.value,
-                                    attempt_offset=offset),
-                    task_queue=self._input.payments_task_queue,
-                    start_to_close_timeout=RETURN_REFUND_POLICY.start_to_close,
-                    retry_policy=return_step_retry_policy(RETURN_REFUND_POLICY, self._input.retry),
-                )
+            err, offset = await self._run_waiting_out(acts.return_refund, ReturnStep.REFUND, RETURN_REFUND_POLICY,
+                                                      offset, task_queue=self._input.payments_task_queue)
+            if err is None:
                 return True
-            except STEP_ERRORS as err:
-                offset += RETURN_REFUND_POLICY.max_attempts
-                message = _failure_message(err)
-                if _waited_out(err) and reruns < 20:
-                    reruns += 1
-                    await workflow.sleep(lost_attempt_pause(StepName.CHARGE, self._input.retry, reruns))
-                    continue
-                reruns = 0
-                self._set_status("stuck", ReturnStep.REFUND)
-                await self._record(EventKind.STUCK, ReturnStep.REFUND,
-                                   f"Return #{self._input.return_id}: the refund could not complete: {message} "
-                                   "(waiting for an operator to retry it or give it up)", return_state=STUCK)
-                self._awaiting_operator = True
-                await workflow.wait_condition(lambda: self._decision is not None)
-                (name, command), self._decision = self._decision, None
-                self._awaiting_operator = False
-                why = f": {command.reason}" if command.reason else ""
-                if name == ReturnCommandName.ABANDON:
-                    await self._record(EventKind.SIGNAL, ReturnStep.REFUND,
-                                       f"give up refund requested (action #{command.action_id}){why}",
-                                       action_id=command.action_id)
-                    self._set_status("compensated", ReturnStep.REFUND)
-                    await self._bookkeeping(acts.close_return_unrefunded, ReturnTransition(
-                        return_id=self._input.return_id, kind=EventKind.FINISHED.value, return_state=ABANDONED,
-                        detail=f"Return #{self._input.return_id} closed without a refund: an operator gave it up",
-                        key=self._key("abandoned"),
-                    ))
-                    return False
+            message = _failure_message(err)
+            self._set_status("stuck", ReturnStep.REFUND)
+            await self._record(EventKind.STUCK, ReturnStep.REFUND,
+                               f"Return #{self._input.return_id}: the refund could not complete: {message} "
+                               "(waiting for an operator to retry it or give it up)", return_state=STUCK)
+            self._awaiting_operator = True
+            await workflow.wait_condition(lambda: self._decision is not None)
+            (name, command), self._decision = self._decision, None
+            self._awaiting_operator = False
+            why = f": {command.reason}" if command.reason else ""
+            if name == ReturnCommandName.ABANDON:
                 await self._record(EventKind.SIGNAL, ReturnStep.REFUND,
-                                   f"retry refund requested (action #{command.action_id}){why}",
-                                   return_state=REFUNDING, action_id=command.action_id)
-                self._set_status("running", ReturnStep.REFUND)
+                                   f"give up refund requested (action #{command.action_id}){why}",
+                                   action_id=command.action_id)
+                self._set_status("compensated", ReturnStep.REFUND)
+                await self._bookkeeping(acts.close_return_unrefunded, ReturnTransition(
+                    return_id=self._input.return_id, kind=EventKind.FINISHED.value, return_state=ABANDONED,
+                    detail=f"Return #{self._input.return_id} closed without a refund: an operator gave it up",
+                    key=self._key("abandoned"),
+                ))
+                return False
+            await self._record(EventKind.SIGNAL, ReturnStep.REFUND,
+                               f"retry refund requested (action #{command.action_id}){why}",
+                               return_state=REFUNDING, action_id=command.action_id)
+            self._set_status("running", ReturnStep.REFUND)
 
     async def _notify(self) -> None:
         """After the money moved a failed email rolls nothing back: it is on the timeline."""
         self._set_status("running", ReturnStep.NOTIFY)
-        offset, reruns = 0, 0
+        await self._run_waiting_out(acts.return_notify, ReturnStep.NOTIFY, RETURN_NOTIFY_POLICY, 0,
+                                    rerun_patch=PATCH_NOTIFY_RERUN)
+
+    async def _run_waiting_out(self, fn, step: ReturnStep, policy, offset: int, *, task_queue: str | None = None,
+                               rerun_patch: str | None = None) -> tuple[Exception | None, int]:
+        """Run a step; run it again after a pause while its attempts are lost (our own outage,
+        an open circuit, a dead worker: _waited_out), up to 20 times. Returns None or the error
+        that ended it, and the attempt offset the step's next run counts on from.
+        `rerun_patch`: the patch the reruns came with (asked only when an attempt was lost)."""
+        reruns = 0
         while True:
             try:
                 await workflow.execute_activity(
-                    acts.return_notify,
-                    ReturnStepInput(return_id=self._input.return_id, step=ReturnStep.NOTIFY.value,
-                                    attempt_offset=offset),
-                    start_to_close_timeout=RETURN_NOTIFY_POLICY.start_to_close,
-                    retry_policy=return_step_retry_policy(RETURN_NOTIFY_POLICY, self._input.retry),
+                    fn, ReturnStepInput(return_id=self._input.return_id, step=step.value, attempt_offset=offset),
+                    task_queue=task_queue, start_to_close_timeout=policy.start_to_close,
+                    retry_policy=return_step_retry_policy(policy, self._input.retry),
                 )
-                return
+                return None, offset
             except STEP_ERRORS as err:
-                # The same bound on reruns as the refund's (our outage of minutes is waited out).
-                if _waited_out(err) and reruns < 20 and workflow.patched(PATCH_NOTIFY_RERUN):
-                    offset += RETURN_NOTIFY_POLICY.max_attempts
+                offset += policy.max_attempts
+                if _waited_out(err) and reruns < 20 and (rerun_patch is None or workflow.patched(rerun_patch)):
                     reruns += 1
-                    await workflow.sleep(lost_attempt_pause(StepName.NOTIFY, self._input.retry, reruns))
+                    # Paced as the order saga's step of the same kind.
+                    paced_as = StepName.CHARGE if step == ReturnStep.REFUND else StepName.NOTIFY
+                    await workflow.sleep(lost_attempt_pause(paced_as, self._input.retry, reruns))
                     continue
-                return  # the mailer's refusals are events on the order's timeline
+                return err, offset
 
     # --- signals ------------------------------------------------------------------------
 
