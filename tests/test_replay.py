@@ -18,7 +18,6 @@ and an outcome email refused for good putting the order on the follow-up queue
 """
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from ops.services import followup_resend, order_cancel, saga_retry, saga_retry_c
 
 from .conftest import order_state, wait_for
 from .factories import make_order
+from .replaying import replays
 
 from orders.saga.delivery_tracker import DeliveryTrackingWorkflow
 from orders.saga.shared import DeliveredSignal, delivery_workflow_id
@@ -97,17 +97,12 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
     await sync_to_async(sandbox_outage_set)("payment", active=False)
     await sync_to_async(saga_retry)(order_id=stuck.pk, actor=operator_user)
 
-    record_to = os.environ.get("RECORD_HISTORIES")
     # The completed saga's delivery tracker, ended by a `delivered` signal (as staff did before issue 8).
     tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(sagas["completed"].workflow_id))
     await saga_env.result(sagas["completed"])
     await tracker.signal(DeliveryTrackingWorkflow.delivered, DeliveredSignal(source="staff"))
     await asyncio.wait_for(tracker.result(), 60)
-    history = await tracker.fetch_history()
-    await replayer().replay_workflow(history)
-    if record_to:
-        Path(record_to).mkdir(parents=True, exist_ok=True)
-        (Path(record_to) / f"tracker_delivered_signal-{tracker.id}.json").write_text(history.to_json())
+    await replays(tracker, "tracker_delivered_signal")
 
     for name, order in sagas.items():
         if name == "temporal_cancelled":
@@ -115,11 +110,7 @@ async def test_current_code_replays_its_own_histories(saga_env, operator_user):
                 await asyncio.wait_for(saga_env.handle(order).result(), 60)
         else:
             await saga_env.result(order)
-        history = await saga_env.handle(order).fetch_history()
-        await replayer().replay_workflow(history)
-        if record_to:
-            Path(record_to).mkdir(parents=True, exist_ok=True)
-            (Path(record_to) / f"{name}-{order.workflow_id}.json").write_text(history.to_json())
+        await replays(saga_env.handle(order), name)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -155,14 +146,9 @@ async def test_current_tracker_replays_its_own_histories(saga_env, operator_user
     await sync_to_async(delivery_report_lost)(order_id=orders["tracker_lost_refund"].pk, actor=operator_user,
                                               remedy="refund")
 
-    record_to = os.environ.get("RECORD_HISTORIES")
     expected = {"tracker_webhook_delivered": "delivered", "tracker_failed_then_delivered": "delivered",
                 "tracker_lost_refund": "lost_refund", "tracker_overdue_given_up": "given_up"}
     for name, order in orders.items():
         tracker = saga_env.client.get_workflow_handle(delivery_workflow_id(order.workflow_id))
         assert await asyncio.wait_for(tracker.result(), 60) == expected[name]
-        history = await tracker.fetch_history()
-        await replayer().replay_workflow(history)
-        if record_to:
-            Path(record_to).mkdir(parents=True, exist_ok=True)
-            (Path(record_to) / f"{name}-{tracker.id}.json").write_text(history.to_json())
+        await replays(tracker, name)

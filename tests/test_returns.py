@@ -218,14 +218,11 @@ async def test_staff_pages_open_a_return_and_mark_the_parcel_received(saga_env, 
 async def test_return_saga_replays_its_own_histories(saga_env, settings, operator_user):
     """Each path of the return saga replays against the current code; with RECORD_HISTORIES
     set they are recorded for tests/test_replay.py, like the order saga's."""
-    import os
-    from pathlib import Path
-
     from sandbox.adapters import sandbox_outage_set
 
     from orders.services.returns import refund_open, return_command_send
 
-    from .test_replay import replayer
+    from .replaying import replays
 
     product = await sync_to_async(make_product)(stock=5)
     order = await completed_order(saga_env, [(product, 3)])
@@ -247,13 +244,8 @@ async def test_return_saga_replays_its_own_histories(saga_env, settings, operato
     await sync_to_async(return_command_send)(return_id=stuck.pk, action="return_retry", actor=operator_user)
     assert await return_result(saga_env, stuck) == "refunded"
 
-    record_to = os.environ.get("RECORD_HISTORIES")
     for name, ret in {"return_refunded": refunded, "return_expired": expired, "return_stuck_retry": stuck}.items():
-        history = await saga_env.client.get_workflow_handle(ret.workflow_id).fetch_history()
-        await replayer().replay_workflow(history)
-        if record_to:
-            Path(record_to).mkdir(parents=True, exist_ok=True)
-            (Path(record_to) / f"{name}-{ret.workflow_id}.json").write_text(history.to_json())
+        await replays(saga_env.client.get_workflow_handle(ret.workflow_id), name)
 
 
 async def test_sweep_starts_a_return_whose_saga_never_started(saga_env, settings, temporal_server):
